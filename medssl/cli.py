@@ -1,0 +1,140 @@
+"""``medssl`` command line: study, pretrain, report, data, models, methods.
+
+Errors from user input print one line (``medssl: error: ...``) and exit 2; ``--debug`` shows
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from medssl.errors import MedsslError
+
+console = Console()
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
+    p.add_argument("config", nargs=None if config_required else "?", help="study YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set pretrain.epochs=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medssl", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("study", help="pretrain, then fine-tune at label fractions vs scratch")
+    _add_config_args(p, config_required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    p = sub.add_parser("pretrain", help="pretrain an encoder only")
+    _add_config_args(p, config_required=False)
+    p.add_argument("--method", help="shortcut for --set pretrain.method=NAME")
+    p.add_argument("--dataset", help="shortcut for --set data.dataset=FLAG")
+    p.add_argument("--out", help="run directory (default: <output_dir>/<name>-pretrain)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = sub.add_parser("report", help="rewrite report.md and the plot from results.jsonl")
+    p.add_argument("run_dir")
+
+    data = sub.add_parser("data", help="datasets known and found locally")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser("list", help="all known MedMNIST datasets")
+    info = dsub.add_parser("info", help="facts and local files of one dataset")
+    info.add_argument("flag")
+
+    sub.add_parser("models", help="registered backbones")
+    sub.add_parser("methods", help="registered pretext methods and their options")
+    return parser
+
+
+def _cmd_study(args: argparse.Namespace) -> None:
+    from medssl.config import load_config
+    from medssl.study import run_study
+
+    cfg = load_config(args.config, args.set)
+    run_dir = run_study(cfg, overwrite=args.overwrite)
+    console.print(f"report: {run_dir / 'report.md'}")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from medssl.config import load_config, save_config
+    from medssl.study import pretrain, validate
+
+    overrides = list(args.set)
+    overrides += [f"pretrain.method={args.method}"] if args.method else []
+    overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
+    cfg = load_config(args.config, overrides)
+    data = validate(cfg)
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-pretrain"
+    if out.exists() and not args.resume:
+        raise MedsslError(f"{out}: run directory exists; pass --resume or choose --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    try:
+        pretrain(cfg, data, out, resume=args.resume)
+    except KeyboardInterrupt:
+        raise
+    except Exception:
+        if not (out / "state.pt").exists():  # nothing to resume from: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    console.print(f"encoder: {out / 'encoder.safetensors'}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from medssl.report.report import write_report
+
+    console.print(f"report: {write_report(Path(args.run_dir))}")
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from medssl.data.cli_data import print_data_info, print_data_list
+
+    if args.data_command == "list":
+        print_data_list(console)
+    else:
+        print_data_info(console, args.flag)
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from medssl.registry import backbone_names
+
+    for name in backbone_names():
+        console.print(name)
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from medssl.methods import METHODS, method_defaults
+
+    for name in sorted(METHODS):
+        console.print(f"{name}: {method_defaults(name)}")
+
+
+COMMANDS = {"study": _cmd_study, "pretrain": _cmd_pretrain, "report": _cmd_report,
+            "data": _cmd_data, "models": _cmd_models, "methods": _cmd_methods}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except MedsslError as err:
+        if args.debug:
+            raise
+        print(f"medssl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medssl: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The training loop shared by pretraining and fine-tuning (after MAE's ``engine_pretrain.py``).
+
+Data are in-memory uint8 tensors; each step takes a seeded slice, converts it to float in [0, 1]
+and calls ``model.training_step(batch) -> {"loss": tensor, **logs}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from medssl.engine.checkpoint import load_state, load_weights, save_state, save_weights
+from medssl.engine.schedules import cosine_schedule
+from medssl.errors import MedsslError
+
+console = Console(stderr=True)
+
+
+class OptimSpec(Protocol):
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+
+
+@dataclass
+class FitResult:
+    steps: int
+    seconds: float
+    images_per_second: float
+    last_loss: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (kornia draws its augmentation parameters from torch)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str) -> torch.dtype | None:
+    """"auto" -> bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 (None)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise MedsslError(f"engine.precision must be auto, bf16 or fp32, got '{precision}'")
+    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "bf16" and not supported:
+        raise MedsslError("engine.precision=bf16 but this CPU has no native bf16; use auto or fp32")
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and supported) else None
+
+
+def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm parameters (1-D tensors), as in MAE/DINO.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=0.9, nesterov=True)
+    raise MedsslError(f"optimizer must be adamw or sgd, got '{spec.optimizer}'")
+
+
+def batches(n: int, batch_size: int, seed: int, drop_last: bool) -> Iterator[torch.Tensor]:
+    """Index batches of a seeded permutation; a trailing batch of 1 is always dropped (BatchNorm)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) < batch_size and (drop_last or len(idx) < 2):
+            break
+        yield idx
+
+
+def to_batch(images: torch.Tensor, labels: torch.Tensor | None, idx: torch.Tensor,
+             channels_last: bool) -> dict[str, torch.Tensor]:
+    """uint8 [N, C, *S] slice -> {"image": float [B, C, *S] in [0, 1], "label": [B]}."""
+    x = images[idx].float().div_(255)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    batch = {"image": x}
+    if labels is not None:
+        batch["label"] = labels[idx]
+    return batch
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (0 if drop_last or rest < 2 else 1)
+
+
+def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spec: OptimSpec,
+        run_dir: Path | None, seed: int, *, precision: torch.dtype | None = None,
+        channels_last: bool = True, drop_last: bool = True, min_steps: int = 0,
+        log_every: int = 10, desc: str = "train", checkpoint: bool = True, resume: bool = False,
+        on_epoch_end: Callable[[int], dict[str, Any]] | None = None) -> FitResult:
+    """Train ``model`` on ``images`` (uint8 [N, C, *S]) for ``spec.epochs`` epochs.
+
+    Writes ``run_dir/log.jsonl`` and, if ``checkpoint``, a checkpoint after every epoch
+    (``checkpoint.safetensors`` + ``state.pt``); ``resume`` continues from it.
+    ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection).
+    """
+    per_epoch = steps_per_epoch(len(images), spec.batch_size, drop_last)
+    if per_epoch == 0:
+        raise MedsslError(f"{desc}: {len(images)} images are too few for batch size {spec.batch_size}")
+    epochs = max(spec.epochs, math.ceil(min_steps / per_epoch))
+    total = epochs * per_epoch
+    lrs = cosine_schedule(spec.lr, total, round(spec.warmup_epochs * per_epoch))
+    optimizer = make_optimizer(model, spec)
+    start_epoch = _maybe_resume(model, optimizer, run_dir) if resume else 0
+    log = open(run_dir / "log.jsonl", "a") if run_dir else None  # noqa: SIM115 (closed below)
+    step, seen, loss_value, t0 = start_epoch * per_epoch, 0, float("nan"), time.perf_counter()
+    model.train()
+    try:
+        with _progress(desc, total, step) as (progress, task):
+            for epoch in range(start_epoch, epochs):
+                for idx in batches(len(images), spec.batch_size, seed * 100_003 + epoch, drop_last):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lrs[step]
+                    batch = to_batch(images, labels, idx, channels_last)
+                    with torch.autocast("cpu", dtype=precision or torch.float32,
+                                        enabled=precision is not None):
+                        out = model.training_step(batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        raise MedsslError(f"{desc}: non-finite loss at step {step} (epoch {epoch}); "
+                                          "lower the learning rate or use engine.precision=fp32")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if hasattr(model, "after_step"):  # momentum/EMA updates, per method
+                        model.after_step(step, total)
+                    step, seen, loss_value = step + 1, seen + len(idx), loss.item()
+                    ips = seen / (time.perf_counter() - t0)
+                    progress.update(task, advance=1, ips=ips, loss=loss_value)
+                    if log and (step % log_every == 0 or step == total):
+                        row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
+                               "img_per_s": round(ips, 1)}
+                        row.update({k: float(v) for k, v in out.items()})
+                        log.write(json.dumps(row) + "\n")
+                extra = on_epoch_end(epoch) if on_epoch_end else {}
+                if log and extra:
+                    log.write(json.dumps({"epoch": epoch, "step": step, **extra}) + "\n")
+                if run_dir and checkpoint:
+                    _save_checkpoint(model, optimizer, run_dir, epoch)
+                model.train()
+    finally:
+        if log:
+            log.close()
+    seconds = time.perf_counter() - t0
+    return FitResult(step, seconds, seen / max(seconds, 1e-9), loss_value)
+
+
+@contextmanager
+def _progress(desc: str, total: int, completed: int):
+    """A rich progress bar with images/s and loss, removed when done."""
+    columns = (TextColumn(f"[bold]{desc}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[ips]:.0f} img/s  loss {task.fields[loss]:.4f}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        yield progress, progress.add_task(desc, total=total, completed=completed, ips=0.0,
+                                          loss=float("nan"))
+
+
+def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path,
+                     epoch: int) -> None:
+    save_weights(model, run_dir / "checkpoint.safetensors")
+    save_state({"epoch": epoch, "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state()}, run_dir / "state.pt")
+
+
+def _maybe_resume(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path | None) -> int:
+    """Load the last checkpoint in ``run_dir`` if there is one; return the epoch to start at."""
+    if run_dir is None or not (run_dir / "state.pt").is_file():
+        return 0
+    model.load_state_dict(load_weights(run_dir / "checkpoint.safetensors"))
+    state = load_state(run_dir / "state.pt")
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    console.log(f"resumed {run_dir} after epoch {state['epoch']}")
+    return int(state["epoch"]) + 1

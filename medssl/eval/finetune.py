@@ -1,0 +1,75 @@
+"""Full fine-tuning of an encoder + linear head on a labelled subset, selected on validation AUC."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medssl.engine import fit
+from medssl.engine.checkpoint import save_weights
+from medssl.eval.metrics import classification_metrics
+from medssl.transforms.augment import ViewAugment
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head. ``forward``: [B, C, *S] -> logits [B, K]."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, augment: ViewAugment | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, num_classes)
+        self.augment = augment
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = self.augment(batch["image"]) if self.augment is not None else batch["image"]
+        return {"loss": F.cross_entropy(self(x).float(), batch["label"])}
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                  precision: torch.dtype | None = None) -> np.ndarray:
+    """uint8 [N, C, *S] -> softmax probabilities [N, K]."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float().div_(255)
+        with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
+            out.append(model(x).float().softmax(1))
+    return torch.cat(out).numpy()
+
+
+def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
+             val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+             spec, run_dir: Path, seed: int, positive_class: int = 1,
+             precision: torch.dtype | None = None, channels_last: bool = True,
+             min_steps: int = 0) -> dict[str, float]:
+    """Train on ``train`` (images, labels); keep the epoch with the best validation AUC; test it.
+
+    Returns test metrics plus ``best_epoch``, ``val_auc``, ``seconds`` and ``steps``.
+    """
+    best = {"auc": -1.0, "epoch": -1, "state": None}
+
+    def select(epoch: int) -> dict[str, float]:
+        probs = predict_proba(model, val[0], precision=precision)
+        auc = classification_metrics(val[1].numpy(), probs, positive_class)["auc"]
+        if auc > best["auc"]:
+            best.update(auc=auc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
+        return {"val_auc": auc}
+
+    result = fit(model, train[0], train[1], spec, run_dir, seed, precision=precision,
+                 channels_last=channels_last, drop_last=False, min_steps=min_steps,
+                 desc=run_dir.name, checkpoint=False, on_epoch_end=select)
+    model.load_state_dict(best["state"])
+    save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
+    probs = predict_proba(model, test[0], precision=precision)
+    metrics = classification_metrics(test[1].numpy(), probs, positive_class)
+    return {**metrics, "best_epoch": best["epoch"], "val_auc": best["auc"],
+            "seconds": result.seconds, "steps": result.steps}

@@ -1,0 +1,3 @@
+"""Registered backbones; importing this package fills the registry."""
+
+from medssl.models.backbones import resnet  # noqa: F401

@@ -1,0 +1,161 @@
+"""A study: pretrain once, then for each seed x label fraction x init, probe and fine-tune.
+
+Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only on success)::
+
+    config.yaml                         the resolved config
+    pretrain/  log.jsonl encoder.safetensors checkpoint.safetensors state.pt
+    finetune/<init>_f<fraction>_s<seed>/  log.jsonl subset_indices.json model.safetensors
+    results.jsonl                       one row per (protocol, init, fraction, seed)
+    report.md label_efficiency.png      made from results.jsonl alone
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from medssl.config import StudyConfig, save_config
+from medssl.data.medmnist import MedMNIST, load_medmnist
+from medssl.data.subsets import label_fraction_indices, save_indices
+from medssl.engine import fit, resolve_precision, seed_everything
+from medssl.engine.checkpoint import load_weights, save_weights
+from medssl.errors import MedsslError
+from medssl.eval.finetune import Classifier, finetune
+from medssl.eval.probes import extract_features, knn_probe, linear_probe
+from medssl.methods import create_method, method_config
+from medssl.registry import create_backbone
+from medssl.report.report import write_report
+from medssl.transforms.augment import light_augment
+
+console = Console(stderr=True)
+
+SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
+
+
+def validate(cfg: StudyConfig) -> MedMNIST:
+    """Check everything that can be checked before any file is written; return the data."""
+    method_config(cfg.pretrain.method, cfg.pretrain.method_args)
+    resolve_precision(cfg.engine.precision)
+    for f in cfg.finetune.fractions:
+        if not 0 < f <= 1:
+            raise MedsslError(f"finetune.fractions: {f} is not in (0, 1]")
+    unknown = set(cfg.finetune.inits) - {"ssl", "scratch"}
+    if unknown:
+        raise MedsslError(f"finetune.inits: unknown init {sorted(unknown)}; use ssl and/or scratch")
+    data = load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path)
+    if data.task not in SUPPORTED_TASKS:
+        raise MedsslError(f"{data.flag}: task '{data.task}' is not supported yet "
+                          f"(supported: {', '.join(SUPPORTED_TASKS)})")
+    if data.num_classes == 2 and cfg.data.positive_class not in (0, 1):
+        raise MedsslError(f"data.positive_class must be 0 or 1, got {cfg.data.positive_class}")
+    new_backbone(cfg, data)  # unknown backbone names fail here
+    if cfg.pretrain.checkpoint:
+        load_weights(Path(cfg.pretrain.checkpoint))
+    return data
+
+
+def new_backbone(cfg: StudyConfig, data: MedMNIST) -> torch.nn.Module:
+    return create_backbone(cfg.model.backbone, data.spatial_dims, data.in_channels,
+                           width=cfg.model.width)
+
+
+def pretrain(cfg: StudyConfig, data: MedMNIST, run_dir: Path, resume: bool = False) -> dict:
+    """Pretrain the encoder on the unlabelled train images; save ``encoder.safetensors``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    backbone = new_backbone(cfg, data)
+    model = create_method(cfg.pretrain.method, backbone, data.spatial_dims, data.size,
+                          cfg.pretrain.method_args)
+    result = fit(model, data.train.images, None, cfg.pretrain, run_dir, cfg.seed,
+                 precision=resolve_precision(cfg.engine.precision),
+                 channels_last=cfg.engine.channels_last, log_every=cfg.engine.log_every,
+                 desc=f"pretrain {cfg.pretrain.method}", resume=resume)
+    save_weights(backbone, run_dir / "encoder.safetensors",
+                 {"method": cfg.pretrain.method, "backbone": cfg.model.backbone})
+    console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
+                f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
+    return {"steps": result.steps, "seconds": result.seconds,
+            "img_per_s": result.images_per_second, "last_loss": result.last_loss}
+
+
+def _rows_for_subset(cfg: StudyConfig, data: MedMNIST, encoder: dict | None, init: str,
+                     fraction: float, seed: int, run_dir: Path) -> list[dict[str, Any]]:
+    idx = label_fraction_indices(data.train.labels, fraction, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_indices(run_dir / "subset_indices.json", idx, fraction=fraction, seed=seed,
+                 dataset=data.flag, split="train")
+    seed_everything(seed)
+    backbone = new_backbone(cfg, data)
+    if init == "ssl":
+        backbone.load_state_dict(encoder)
+    precision = resolve_precision(cfg.engine.precision)
+    images, labels = data.train.images[idx], data.train.labels[idx]
+    base = {"init": init, "fraction": fraction, "seed": seed, "n_labelled": len(idx)}
+    pos, k = cfg.data.positive_class, data.num_classes
+    rows = []
+    if cfg.finetune.knn:
+        feats = {s: extract_features(backbone, x, precision=precision)
+                 for s, x in (("train", images), ("val", data.val.images), ("test", data.test.images))}
+        rows.append({**base, "protocol": "knn", **knn_probe(
+            feats["train"], labels.numpy(), feats["test"], data.test.labels.numpy(), k,
+            cfg.finetune.knn_k, pos)})
+        rows.append({**base, "protocol": "linear", **linear_probe(
+            feats["train"], labels.numpy(), feats["val"], data.val.labels.numpy(),
+            feats["test"], data.test.labels.numpy(), k, pos)})
+    model = Classifier(backbone, k, light_augment(data.spatial_dims, data.size)
+                       if cfg.finetune.augment else None)
+    metrics = finetune(model, (images, labels), (data.val.images, data.val.labels),
+                       (data.test.images, data.test.labels), cfg.finetune, run_dir, seed, pos,
+                       precision, cfg.engine.channels_last, cfg.finetune.min_steps)
+    rows.append({**base, "protocol": "finetune", **metrics})
+    return rows
+
+
+def run_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
+    """Run the whole study; returns the finished run directory."""
+    data = validate(cfg)
+    final = Path(cfg.output_dir) / cfg.name
+    if final.exists() and not overwrite:
+        raise MedsslError(f"{final}: run directory exists; pass --overwrite or change 'name'")
+    work = final.with_name(final.name + ".incomplete")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    save_config(cfg, work / "config.yaml")
+    t0 = time.perf_counter()
+    info = {"dataset": data.flag, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
+            "width": cfg.model.width}
+    results = work / "results.jsonl"
+    if "ssl" in cfg.finetune.inits:
+        if cfg.pretrain.checkpoint:
+            encoder = load_weights(Path(cfg.pretrain.checkpoint))
+            stats = {"checkpoint": cfg.pretrain.checkpoint}
+        else:
+            stats = pretrain(cfg, data, work / "pretrain")
+            encoder = load_weights(work / "pretrain" / "encoder.safetensors")
+        _append(results, {"protocol": "pretrain", **info, **stats})
+    else:
+        encoder = None
+    for seed in cfg.finetune.seeds:
+        for fraction in cfg.finetune.fractions:
+            for init in cfg.finetune.inits:
+                sub = work / "finetune" / f"{init}_f{fraction:g}_s{seed}"
+                for row in _rows_for_subset(cfg, data, encoder, init, fraction, seed, sub):
+                    _append(results, {**info, **row})
+                console.log(f"{init} fraction={fraction:g} seed={seed}: done")
+    _append(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
+    write_report(work)
+    if final.exists():
+        shutil.rmtree(final)
+    work.rename(final)
+    return final
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -1,0 +1,1 @@
+"""Datasets: MedMNIST loading and label-fraction subsets."""

@@ -1,0 +1,26 @@
+"""Shared fixtures. Real-data tests read $MEDSSL_DATA_DIR and fail loudly when it is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _fp32_and_seeded():
+    """Tests run in fp32 with a fixed torch seed; bf16 is exercised explicitly where it matters."""
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The shared real-data folder; CI sets MEDSSL_DATA_DIR=../shared/data. Never skip."""
+    value = os.environ.get("MEDSSL_DATA_DIR")
+    assert value, "MEDSSL_DATA_DIR is not set: point it at ../shared/data (make test does)"
+    path = Path(value)
+    assert (path / "breastmnist" / "breastmnist.npz").is_file(), f"real data missing under {path}"
+    return path

@@ -1,0 +1,112 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from medssl.config import PretrainConfig
+from medssl.engine import fit, seed_everything
+from medssl.engine.checkpoint import load_state, load_weights, save_weights
+from medssl.engine.schedules import cosine_schedule
+from medssl.engine.trainer import batches
+from medssl.errors import MedsslError
+from medssl.methods import create_method
+from medssl.registry import create_backbone
+
+
+def tiny_simclr(spatial_dims=2):
+    net = create_backbone("resnet18_small", spatial_dims, 1, width=0.125)
+    return create_method("simclr", net, spatial_dims, 16, {"proj_hidden_dim": 32, "proj_dim": 16})
+
+
+def images(n=32, spatial_dims=2):
+    return torch.randint(0, 256, (n, 1, *([16] * spatial_dims)), dtype=torch.uint8)
+
+
+SPEC = PretrainConfig(epochs=2, batch_size=8, lr=1e-3, warmup_epochs=1)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    lrs = cosine_schedule(1.0, 10, 2)
+    assert len(lrs) == 10
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False)) and lrs[-1] < 0.05
+
+
+def test_batches_are_seeded_and_drop_a_lone_trailing_sample():
+    a = [b.tolist() for b in batches(9, 4, seed=1, drop_last=False)]
+    assert [len(b) for b in a] == [4, 4]  # the batch of 1 would break BatchNorm
+    assert a == [b.tolist() for b in batches(9, 4, seed=1, drop_last=False)]
+    assert a != [b.tolist() for b in batches(9, 4, seed=2, drop_last=False)]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fit_changes_parameters_logs_and_checkpoints(tmp_path, spatial_dims):
+    seed_everything(0)
+    model = tiny_simclr(spatial_dims)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit(model, images(16, spatial_dims), None, SPEC, tmp_path, 0, log_every=1)
+    assert result.steps == 4 and math.isfinite(result.last_loss)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["img_per_s"] > 0 for r in rows)
+    saved = load_file(str(tmp_path / "checkpoint.safetensors"))
+    assert any(not torch.equal(saved[k], before[k]) for k in before)
+    assert load_state(tmp_path / "state.pt")["epoch"] == 1
+
+
+def test_same_seed_same_numbers():
+    losses = []
+    for _ in range(2):
+        seed_everything(0)
+        losses.append(fit(tiny_simclr(), images(16), None, SPEC, None, 0).last_loss)
+    assert losses[0] == losses[1]
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    data = images(16)
+    seed_everything(0)
+    full = fit(tiny_simclr(), data, None, SPEC, None, 0)
+    seed_everything(0)
+    one = PretrainConfig(**{**SPEC.__dict__, "epochs": 2})
+    model = tiny_simclr()
+    fit(model, data, None, one, tmp_path, 0)
+    resumed = fit(tiny_simclr(), data, None, one, tmp_path, 0, resume=True)
+    assert resumed.steps == full.steps  # nothing left to do: starts after the last epoch
+
+
+def test_non_finite_loss_stops_with_a_clear_error():
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch):
+            return {"loss": self.w * float("nan")}
+
+    with pytest.raises(MedsslError, match="non-finite loss at step 0"):
+        fit(Exploding(), images(16), None, SPEC, None, 0)
+
+
+def test_too_few_images_for_a_batch():
+    with pytest.raises(MedsslError, match="too few for batch size"):
+        fit(tiny_simclr(), images(4), None, SPEC, None, 0)
+
+
+def test_weights_round_trip_and_corrupt_checkpoint(tmp_path):
+    net = nn.Linear(3, 2)
+    save_weights(net, tmp_path / "w.safetensors")
+    assert torch.equal(load_weights(tmp_path / "w.safetensors")["weight"], net.weight)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file left
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(MedsslError, match="bad.safetensors: not a readable safetensors"):
+        load_weights(tmp_path / "bad.safetensors")
+
+
+def test_bf16_autocast_step_runs_when_supported():
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("no native bf16 on this CPU")  # the fp32 path is covered above
+    seed_everything(0)
+    result = fit(tiny_simclr(), images(16), None, SPEC, None, 0, precision=torch.bfloat16)
+    assert math.isfinite(result.last_loss)

@@ -35,7 +35,7 @@ class ModelConfig:
 @dataclass
 class EngineConfig:
     precision: str = "auto"  # "auto" (bf16 where the CPU supports it), "bf16" or "fp32"
-    channels_last: bool = True  # memory format for 2D convolutions
+    channels_last: bool | None = None  # None: on with bf16, off in fp32 (where it slows CPUs down)
     log_every: int = 10  # optimisation steps between log lines
 
 

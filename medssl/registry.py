@@ -30,7 +30,10 @@ def backbone_names() -> list[str]:
 
 
 def create_backbone(name: str, spatial_dims: int = 2, in_channels: int = 1, **kwargs) -> nn.Module:
-    """Build registered backbone ``name`` for ``spatial_dims`` (2 or 3) and ``in_channels``."""
+    """Build registered backbone ``name`` for ``spatial_dims`` (2 or 3) and ``in_channels``.
+
+    ``kwargs`` go to the factory: ``width`` (channel multiplier), ``img_size`` (input side length).
+    """
     names = backbone_names()
     if name not in _BACKBONES:
         raise MedsslError(f"unknown backbone '{name}'; known: {', '.join(names)}")

@@ -62,7 +62,7 @@ def validate(cfg: StudyConfig) -> MedMNIST:
 
 def new_backbone(cfg: StudyConfig, data: MedMNIST) -> torch.nn.Module:
     return create_backbone(cfg.model.backbone, data.spatial_dims, data.in_channels,
-                           width=cfg.model.width)
+                           width=cfg.model.width, img_size=data.size)
 
 
 def pretrain(cfg: StudyConfig, data: MedMNIST, run_dir: Path, resume: bool = False) -> dict:

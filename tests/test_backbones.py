@@ -30,5 +30,5 @@ def test_width_scales_channels():
 
 
 def test_unknown_backbone_lists_known_names():
-    with pytest.raises(MedsslError, match="unknown backbone 'resnet999'.*resnet18_small"):
+    with pytest.raises(MedsslError, match=r"unknown backbone 'resnet999'.*resnet18_small"):
         create_backbone("resnet999")

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 
@@ -32,7 +33,7 @@ def test_cosine_schedule_warms_up_then_decays():
     lrs = cosine_schedule(1.0, 10, 2)
     assert len(lrs) == 10
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
-    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False)) and lrs[-1] < 0.05
+    assert all(a >= b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 0.05
 
 
 def test_batches_are_seeded_and_drop_a_lone_trailing_sample():
@@ -100,7 +101,7 @@ def test_weights_round_trip_and_corrupt_checkpoint(tmp_path):
     assert torch.equal(load_weights(tmp_path / "w.safetensors")["weight"], net.weight)
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file left
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(MedsslError, match="bad.safetensors: not a readable safetensors"):
+    with pytest.raises(MedsslError, match=r"bad\.safetensors: not a readable safetensors"):
         load_weights(tmp_path / "bad.safetensors")
 
 

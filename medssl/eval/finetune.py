@@ -49,7 +49,7 @@ def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
 def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
              spec, run_dir: Path, seed: int, positive_class: int = 1,
-             precision: torch.dtype | None = None, channels_last: bool = True,
+             precision: torch.dtype | None = None, channels_last: bool | None = None,
              min_steps: int = 0) -> dict[str, float]:
     """Train on ``train`` (images, labels); keep the epoch with the best validation AUC; test it.
 

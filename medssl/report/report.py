@@ -94,6 +94,9 @@ def plot_label_efficiency(summary: dict, path: Path, metric: str = "auc") -> Non
             ax.errorbar(x, y, yerr=e, linestyle=styles[protocol], marker="o", capsize=3,
                         color="C0" if init == "ssl" else "C1", label=f"{init} / {protocol}")
     ax.set_xscale("log")
+    fractions = sorted({k[2] for k in summary})
+    ax.set_xticks(fractions, [f"{f:.0%}" if f >= 0.01 else f"{f:.1%}" for f in fractions])
+    ax.minorticks_off()
     ax.set_xlabel("fraction of labelled training images")
     ax.set_ylabel(f"test {metric.upper()}")
     ax.grid(True, alpha=0.3)
@@ -111,7 +114,8 @@ def write_report(run_dir: Path) -> Path:
     meta = next((r for r in rows if r.get("protocol") in PROTOCOLS), {})
     pre = next((r for r in rows if r.get("protocol") == "pretrain"), None)
     study = next((r for r in rows if r.get("protocol") == "study"), None)
-    lines = [f"# {run_dir.name.removesuffix('.incomplete')}: {meta.get('method', '?')} on {meta.get('dataset', '?')}", ""]
+    name = run_dir.name.removesuffix(".incomplete")
+    lines = [f"# {name}: {meta.get('method', '?')} on {meta.get('dataset', '?')}", ""]
     lines += [f"Backbone `{meta.get('backbone')}` (width {meta.get('width')}). Test-split metrics, "
               "mean ± sample std over seeds; binary metrics at the 0.5 threshold.", ""]
     lines += ["## SSL vs scratch", "", *(_delta_lines(summary) or ["- (no SSL/scratch pair)"]), ""]

@@ -60,19 +60,25 @@ class ResNetBackbone(nn.Module):
         return torch.flatten(self.net.avgpool(self.forward_features(x)), 1)
 
 
+# Every factory takes ``img_size`` (ViTs need it to size their position embeddings); CNNs ignore it.
+
+
 @register_backbone
-def resnet18(spatial_dims: int = 2, in_channels: int = 1, width: float = 1.0) -> ResNetBackbone:
+def resnet18(spatial_dims: int = 2, in_channels: int = 1, width: float = 1.0,
+             img_size: int | None = None) -> ResNetBackbone:
     """ResNet-18 with the standard 7x7/2 stem and max-pool (inputs of 64 px and more)."""
     return ResNetBackbone([2, 2, 2, 2], spatial_dims, in_channels, small_input=False, width=width)
 
 
 @register_backbone
-def resnet18_small(spatial_dims: int = 2, in_channels: int = 1, width: float = 1.0) -> ResNetBackbone:
+def resnet18_small(spatial_dims: int = 2, in_channels: int = 1, width: float = 1.0,
+                   img_size: int | None = None) -> ResNetBackbone:
     """ResNet-18 with a 3x3 stride-1 stem and no max-pool (CIFAR-style, for 28 px inputs)."""
     return ResNetBackbone([2, 2, 2, 2], spatial_dims, in_channels, small_input=True, width=width)
 
 
 @register_backbone
-def resnet10(spatial_dims: int = 3, in_channels: int = 1, width: float = 1.0) -> ResNetBackbone:
+def resnet10(spatial_dims: int = 3, in_channels: int = 1, width: float = 1.0,
+             img_size: int | None = None) -> ResNetBackbone:
     """ResNet-10 with the standard stem: the cheap choice for 3D volumes."""
     return ResNetBackbone([1, 1, 1, 1], spatial_dims, in_channels, small_input=False, width=width)

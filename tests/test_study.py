@@ -1,0 +1,131 @@
+"""A tiny end-to-end study on the real BreastMNIST file, and the CLI's handling of bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from medssl.cli import main
+
+TINY = ["name=tiny", "model.width=0.125", "pretrain.epochs=1", "pretrain.batch_size=64",
+        "finetune.epochs=1", "finetune.min_steps=0", "finetune.fractions=[0.1, 1.0]",
+        "finetune.seeds=[0]", "engine.precision=fp32"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def tiny_study(tmp_path, capsys, name="tiny"):
+    sets = [f"output_dir={tmp_path}", *TINY, f"name={name}"]
+    args = ["study", "configs/demo.yaml"] + [a for s in sets for a in ("--set", s)]
+    code, err = run_cli(args, capsys)
+    assert code == 0, err
+    return tmp_path / name
+
+
+@pytest.mark.slow
+def test_tiny_study_writes_finite_in_range_metrics_and_reproduces(tmp_path, capsys, data_dir):
+    run = tiny_study(tmp_path, capsys, "a")
+    for f in ["config.yaml", "results.jsonl", "report.md", "label_efficiency.png",
+              "pretrain/encoder.safetensors", "pretrain/log.jsonl",
+              "finetune/ssl_f0.1_s0/subset_indices.json"]:
+        assert (run / f).is_file(), f
+    assert not (tmp_path / "a.incomplete").exists()
+    rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["protocol"] in ("finetune", "linear", "knn")]
+    assert len(evals) == 2 * 2 * 3  # fractions x inits x protocols, one seed
+    for r in evals:
+        for m in ("auc", "acc", "sensitivity", "specificity", "fpr"):
+            assert math.isfinite(r[m]) and 0 <= r[m] <= 1, (r, m)
+        assert r["fpr"] == pytest.approx(1 - r["specificity"])
+    subset = json.loads((run / "finetune/ssl_f0.1_s0/subset_indices.json").read_text())
+    assert len(subset["indices"]) == 55 and subset["fraction"] == 0.1  # 15 malignant + 40 benign
+    report = (run / "report.md").read_text()
+    assert "SSL − scratch" in report and "| 0.1 | ssl | 1 |" in report
+
+    again = tiny_study(tmp_path, capsys, "b")
+    rows_b = [json.loads(x) for x in (again / "results.jsonl").read_text().splitlines()]
+    keys = ("auc", "acc", "sensitivity", "specificity")
+    for ra, rb in zip(evals, [r for r in rows_b if r["protocol"] in ("finetune", "linear", "knn")],
+                      strict=True):
+        assert [ra[k] for k in keys] == [rb[k] for k in keys]
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [x for x in err.strip().splitlines() if not x.startswith("medssl: downloading")]
+    assert len(lines) == 1 and lines[0].startswith("medssl: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def study_args(tmp_path, *sets):
+    base = [f"output_dir={tmp_path}", "name=bad", *TINY[1:]]
+    return ["study", "configs/demo.yaml"] + [a for s in (*base, *sets) for a in ("--set", s)]
+
+
+def test_bad_config_key_fails_before_anything_is_written(tmp_path, capsys):
+    code, err = run_cli(study_args(tmp_path, "pretrain.epoch=3"), capsys)
+    assert_one_line_error(code, err, "unknown key 'pretrain.epoch'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_dataset_flag(tmp_path, capsys):
+    code, err = run_cli(study_args(tmp_path, "data.dataset=kneemnist"), capsys)
+    assert_one_line_error(code, err, "unknown dataset 'kneemnist'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_names_the_file_and_the_env_var(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDSSL_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr("medssl.data.medmnist._fetch", _no_network)
+    code, err = run_cli(study_args(tmp_path, "data.dataset=breastmnist"), capsys)
+    assert_one_line_error(code, err, "breastmnist.npz", "MEDSSL_DATA_DIR")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.incomplete").exists()
+
+
+def _no_network(url, dest):
+    raise OSError("network unreachable")
+
+
+def _write_npz(path, **arrays):
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("problem", ["truncated", "missing_keys", "wrong_shape"])
+def test_broken_npz_is_a_one_line_error_naming_the_file(tmp_path, capsys, problem):
+    good = {f"{s}_images": np.zeros((n, 28, 28), np.uint8) for s, n in
+            (("train", 8), ("val", 4), ("test", 4))}
+    good.update({f"{s}_labels": np.zeros((n, 1), np.uint8) for s, n in
+                 (("train", 8), ("val", 4), ("test", 4))})
+    path = tmp_path / "breastmnist.npz"
+    if problem == "truncated":
+        _write_npz(path, **good)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif problem == "missing_keys":
+        _write_npz(path, **{k: v for k, v in good.items() if k != "val_labels"})
+    else:
+        _write_npz(path, **{**good, "train_images": np.zeros((8, 32, 32), np.uint8)})
+    code, err = run_cli(study_args(tmp_path, f"data.path={path}"), capsys)
+    assert_one_line_error(code, err, str(path))
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.incomplete").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from medssl.errors import MedsslError
+
+    with pytest.raises(MedsslError):
+        main(["--debug", *study_args(tmp_path, "data.dataset=kneemnist")])
+
+
+def test_existing_run_dir_is_not_overwritten_without_the_flag(tmp_path, capsys, data_dir):
+    (tmp_path / "bad").mkdir()
+    code, err = run_cli(study_args(tmp_path), capsys)
+    assert_one_line_error(code, err, "run directory exists", "--overwrite")

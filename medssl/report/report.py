@@ -44,6 +44,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, tuple[float, 
     return out
 
 
+def _fmt(stat: tuple[float, float, int]) -> str:
+    """mean ± std, or the bare value for a single seed (no spread to show)."""
+    mean, std, n = stat
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
 def _table(summary: dict, protocol: str) -> list[str]:
     keys = sorted(k for k in summary if k[0] == protocol)
     if not keys:
@@ -55,7 +61,7 @@ def _table(summary: dict, protocol: str) -> list[str]:
         s = summary[key]
         n = next(iter(s.values()))[2]
         cells = [f"{key[2]:g}", key[1], str(n)]
-        cells += [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if m in s else "" for m in metrics]
+        cells += [_fmt(s[m]) if m in s else "" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -67,10 +73,10 @@ def _delta_lines(summary: dict) -> list[str]:
         ssl, scr = summary.get(("finetune", "ssl", frac)), summary.get(("finetune", "scratch", frac))
         if ssl and scr:
             d = ssl["auc"][0] - scr["auc"][0]
+            n = ssl["auc"][2]
             lines.append(f"- fraction {frac:g}: fine-tuned AUC, SSL − scratch = {d:+.3f} "
-                         f"(SSL {ssl['auc'][0]:.3f} ± {ssl['auc'][1]:.3f}, "
-                         f"scratch {scr['auc'][0]:.3f} ± {scr['auc'][1]:.3f}, "
-                         f"{ssl['auc'][2]} seeds)")
+                         f"(SSL {_fmt(ssl['auc'])}, scratch {_fmt(scr['auc'])}, "
+                         f"{n} seed{'s' if n > 1 else ''})")
     return lines
 
 

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from medssl.errors import MedsslError
+from medssl.report.report import summarise, write_report
+
+
+def rows():
+    out = [{"protocol": "pretrain", "steps": 10, "seconds": 5.0, "img_per_s": 100.0}]
+    for seed, (a_ssl, a_scr) in enumerate([(0.8, 0.6), (0.9, 0.7)]):
+        for init, auc in (("ssl", a_ssl), ("scratch", a_scr)):
+            out.append({"protocol": "finetune", "init": init, "fraction": 0.1, "seed": seed,
+                        "auc": auc, "acc": 0.5, "seconds": 1.0, "method": "simclr",
+                        "dataset": "breastmnist", "backbone": "resnet18_small", "width": 0.5})
+    return out
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    s = summarise(rows())
+    mean, std, n = s[("finetune", "ssl", 0.1)]["auc"]
+    assert (mean, n) == (pytest.approx(0.85), 2)
+    assert std == pytest.approx(0.0707107, abs=1e-6)  # sample std of 0.8, 0.9
+
+
+def test_report_and_plot_from_results_alone(tmp_path):
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows()) + "\n")
+    text = write_report(tmp_path).read_text()
+    assert "SSL − scratch = +0.200" in text
+    assert "| 0.1 | ssl | 2 | 0.850 ± 0.071 |" in text
+    assert "pretraining: 10 steps" in text
+    assert (tmp_path / "label_efficiency.png").stat().st_size > 1000
+
+
+def test_bad_results_file_names_the_line(tmp_path):
+    (tmp_path / "results.jsonl").write_text('{"protocol": "x"}\nnot json\n')
+    with pytest.raises(MedsslError, match=r"results\.jsonl:2: not a JSON line"):
+        write_report(tmp_path)

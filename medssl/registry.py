@@ -1,7 +1,9 @@
 """Backbone registry (after timm's ``register_model`` / ``create_model``).
 
 A backbone factory takes ``(spatial_dims, in_channels, **kwargs)`` and returns an ``nn.Module``
-with ``num_features`` and ``forward_features(x) -> [B, F, *spatial]``; ``forward(x) -> [B, F]``.
+with ``num_features``, ``forward(x) -> [B, F]`` (pooled) and ``forward_features(x)``: a feature map
+``[B, F, *spatial]`` for CNNs (which also give ``stages(x)`` for U-Net decoders), tokens
+``[B, 1 + N, F]`` for ViTs.
 """
 
 from __future__ import annotations

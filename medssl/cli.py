@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = dsub.add_parser("info", help="facts and local files of one dataset")
     info.add_argument("flag")
 
+    p = sub.add_parser("show-corruptions", help="PNG grid: original / each corruption [/ restored]")
+    _add_config_args(p, config_required=False)
+    p.add_argument("--dataset", help="shortcut for --set data.dataset=FLAG")
+    p.add_argument("--out", default="corruptions.png", help="PNG path (default: corruptions.png)")
+    p.add_argument("--checkpoint", help="a restorative run directory or its checkpoint.safetensors: "
+                   "adds its corrupted input and restored output")
+    p.add_argument("--corruptions", help="comma-separated subset of the corruptions (default: all)")
+    p.add_argument("--n", type=int, default=4, help="examples (rows), evenly spaced test images")
+    p.add_argument("--seed", type=int, default=0)
+
     sub.add_parser("models", help="registered backbones")
     sub.add_parser("methods", help="registered pretext methods and their options")
     return parser
@@ -103,6 +113,15 @@ def _cmd_data(args: argparse.Namespace) -> None:
         print_data_info(console, args.flag)
 
 
+def _cmd_show_corruptions(args: argparse.Namespace) -> None:
+    from medssl.report.corruption_grid import show_corruptions
+
+    overrides = list(args.set) + ([f"data.dataset={args.dataset}"] if args.dataset else [])
+    names = [n.strip() for n in args.corruptions.split(",")] if args.corruptions else None
+    out = show_corruptions(args.config, overrides, Path(args.out), args.n, names, args.checkpoint, args.seed)
+    console.print(f"corruption grid: {out}")
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     from medssl.registry import backbone_names
 
@@ -118,7 +137,8 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"study": _cmd_study, "pretrain": _cmd_pretrain, "report": _cmd_report,
-            "data": _cmd_data, "models": _cmd_models, "methods": _cmd_methods}
+            "data": _cmd_data, "models": _cmd_models, "methods": _cmd_methods,
+            "show-corruptions": _cmd_show_corruptions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,3 +111,9 @@ def test_bf16_autocast_step_runs_when_supported():
     seed_everything(0)
     result = fit(tiny_simclr(), images(16), None, SPEC, None, 0, precision=torch.bfloat16)
     assert math.isfinite(result.last_loss)
+
+
+def test_max_seconds_stops_after_the_step_that_runs_out_of_time():
+    seed_everything(0)
+    result = fit(tiny_simclr(), images(32), None, SPEC, None, 0, max_seconds=0.0)
+    assert result.steps == 1 and math.isfinite(result.last_loss)  # 8 steps without the budget

@@ -112,13 +112,17 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spec: OptimSpec,
         run_dir: Path | None, seed: int, *, precision: torch.dtype | None = None,
         channels_last: bool | None = None, drop_last: bool = True, min_steps: int = 0,
-        log_every: int = 10, desc: str = "train", checkpoint: bool = True, resume: bool = False,
-        on_epoch_end: Callable[[int], dict[str, Any]] | None = None) -> FitResult:
+        log_every: int = 10, desc: str = "train", checkpoint: bool = True,
+        checkpoint_every: int = 10, resume: bool = False,
+        on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
+        max_seconds: float | None = None) -> FitResult:
     """Train ``model`` on ``images`` (uint8 [N, C, *S]) for ``spec.epochs`` epochs.
 
-    Writes ``run_dir/log.jsonl`` and, if ``checkpoint``, a checkpoint after every epoch
-    (``checkpoint.safetensors`` + ``state.pt``); ``resume`` continues from it.
+    Writes ``run_dir/log.jsonl`` and, if ``checkpoint``, a checkpoint every ``checkpoint_every``
+    epochs and after the last (``checkpoint.safetensors`` + ``state.pt``); ``resume`` continues from it.
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection).
+    ``max_seconds`` stops training after the first step that ends past this wall-clock budget
+    (the epoch is closed as usual: callback, checkpoint), for same-budget benchmarks.
     """
     per_epoch = steps_per_epoch(len(images), spec.batch_size, drop_last)
     if per_epoch == 0:
@@ -132,8 +136,10 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, spec)
     start_epoch = _maybe_resume(model, optimizer, run_dir) if resume else 0
-    log = open(run_dir / "log.jsonl", "a") if run_dir else None  # noqa: SIM115 (closed below)
+    # line-buffered so that `tail -f log.jsonl` follows a run as it goes
+    log = open(run_dir / "log.jsonl", "a", buffering=1) if run_dir else None  # noqa: SIM115
     step, seen, loss_value, t0 = start_epoch * per_epoch, 0, float("nan"), time.perf_counter()
+    out_of_time = False
     model.train()
     try:
         with _progress(desc, total, step) as (progress, task):
@@ -162,12 +168,17 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
                                "img_per_s": round(ips, 1)}
                         row.update({k: float(v.detach()) for k, v in out.items()})
                         log.write(json.dumps(row) + "\n")
+                    out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
+                    if out_of_time:
+                        break
                 extra = on_epoch_end(epoch) if on_epoch_end else {}
                 if log and extra:
                     log.write(json.dumps({"epoch": epoch, "step": step, **extra}) + "\n")
-                if run_dir and checkpoint:
+                if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                     _save_checkpoint(model, optimizer, run_dir, epoch)
                 model.train()
+                if out_of_time:
+                    break
     finally:
         if log:
             log.close()

@@ -8,7 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from medssl.losses.fp32 import fp32
 
+
+@fp32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
     """NT-Xent over a batch of positive pairs; every other embedding in both views is a negative.
 

@@ -9,11 +9,43 @@ from torch import nn
 
 from medssl.config import from_dict
 from medssl.errors import MedsslError
+from medssl.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+from medssl.methods.byol import BYOL, BYOLConfig
+from medssl.methods.combo import Combo, ComboConfig
+from medssl.methods.context_restoration import ContextRestoration, ContextRestorationConfig
+from medssl.methods.denoising import Denoising, DenoisingConfig
+from medssl.methods.dino import DINO, DINOConfig
+from medssl.methods.genesis import Genesis, GenesisConfig
+from medssl.methods.jigsaw import Jigsaw, JigsawConfig
+from medssl.methods.mae import MAE, MAEConfig
+from medssl.methods.moco_v2 import MoCoV2, MoCoV2Config
+from medssl.methods.moco_v3 import MoCoV3, MoCoV3Config
+from medssl.methods.relative_location import RelativeLocation, RelativeLocationConfig
+from medssl.methods.rotation import Rotation, RotationConfig
+from medssl.methods.rubik import Rubik, RubikConfig
 from medssl.methods.simclr import SimCLR, SimCLRConfig
+from medssl.methods.simsiam import SimSiam, SimSiamConfig
+from medssl.methods.vicreg import VICReg, VICRegConfig
 from medssl.transforms.augment import ViewAugment
 
 METHODS: dict[str, tuple[type[nn.Module], type]] = {
     "simclr": (SimCLR, SimCLRConfig),
+    "moco_v2": (MoCoV2, MoCoV2Config),
+    "moco_v3": (MoCoV3, MoCoV3Config),
+    "byol": (BYOL, BYOLConfig),
+    "simsiam": (SimSiam, SimSiamConfig),
+    "barlow_twins": (BarlowTwins, BarlowTwinsConfig),
+    "vicreg": (VICReg, VICRegConfig),
+    "dino": (DINO, DINOConfig),
+    "genesis": (Genesis, GenesisConfig),
+    "context_restoration": (ContextRestoration, ContextRestorationConfig),
+    "denoising": (Denoising, DenoisingConfig),
+    "mae": (MAE, MAEConfig),
+    "rotation": (Rotation, RotationConfig),
+    "jigsaw": (Jigsaw, JigsawConfig),
+    "relative_location": (RelativeLocation, RelativeLocationConfig),
+    "rubik": (Rubik, RubikConfig),
+    "combo": (Combo, ComboConfig),
 }
 
 

@@ -1,8 +1,11 @@
 """Batched, on-device view augmentations for grey-scale and RGB medical images, 2D and 3D.
 
-Geometric ops come from kornia (batched, per-sample parameters). Intensity ops are written as
-tensor one-liners so that the same code serves [B, C, H, W] and [B, C, D, H, W]; no hue or
-saturation jitter, which is meaningless for grey-scale modalities.
+2D geometric ops come from kornia (batched, per-sample parameters). kornia has no 3D resized
+crop, so the 3D path draws one affine per sample (random resized crop with aspect jitter, flips,
+small rotations) and samples all volumes with a single ``affine_grid``/``grid_sample`` call.
+Intensity ops and the 3-tap Gaussian blur are written as tensor one-liners so that the same code
+serves [B, C, H, W] and [B, C, D, H, W]; no hue or saturation jitter, which is meaningless for
+grey-scale modalities.
 Randomness comes from torch's generator, seeded once per run (``medssl.engine.seed_everything``),
 because kornia draws its parameters from it.
 
@@ -15,14 +18,16 @@ from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 @dataclass
 class AugmentConfig:
-    crop_scale: tuple[float, float] = (0.4, 1.0)  # random resized crop area (2D) / zoom (3D)
+    crop_scale: tuple[float, float] = (0.4, 1.0)  # random resized crop: area (2D) / volume (3D) fraction
     hflip: float = 0.5
     vflip: float = 0.0  # off by default: most anatomy has an up and a down
+    dflip: float = 0.0  # 3D only: flip along depth (off: slices have an order head to feet)
     rotation: float = 15.0  # degrees
     brightness: float = 0.3  # additive shift, in [0, 1] intensity units
     contrast: float = 0.3  # multiplicative factor range 1 +- contrast around the mean
@@ -77,22 +82,94 @@ def _geometric_2d(size: int, c: AugmentConfig) -> list[nn.Module]:
 
 
 def _geometric_3d(size: int, c: AugmentConfig) -> list[nn.Module]:
-    # kornia has no 3D resized crop: an affine zoom plays its part (scale >= 1 crops in).
-    zoom = (1.0, 1.0 / c.crop_scale[0] ** (1 / 3))
-    ops: list[nn.Module] = [K.RandomAffine3D(degrees=c.rotation, scale=zoom, p=1.0)]
-    if c.hflip:
-        ops.append(K.RandomHorizontalFlip3D(p=c.hflip))
-    if c.vflip:
-        ops.append(K.RandomVerticalFlip3D(p=c.vflip))
+    ops: list[nn.Module] = [RandomResizedCrop3D(size, c)]
+    if c.blur_p:
+        ops.append(RandomBlur(c.blur_p))
     return ops
 
 
+def _rotation(angles: torch.Tensor) -> torch.Tensor:
+    """[B, 3] angles (radians) about x, y, z -> [B, 3, 3] rotation matrices Rz @ Ry @ Rx."""
+    cos, sin = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(cos[:, 0]), torch.zeros_like(cos[:, 0])
+
+    def mat(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+    rx = mat([[one, zero, zero], [zero, cos[:, 0], -sin[:, 0]], [zero, sin[:, 0], cos[:, 0]]])
+    ry = mat([[cos[:, 1], zero, sin[:, 1]], [zero, one, zero], [-sin[:, 1], zero, cos[:, 1]]])
+    rz = mat([[cos[:, 2], -sin[:, 2], zero], [sin[:, 2], cos[:, 2], zero], [zero, zero, one]])
+    return rz @ ry @ rx
+
+
+class RandomResizedCrop3D(nn.Module):
+    """Per-sample random resized crop + flips + small rotation of volumes, in one batched resample.
+
+    The crop keeps a random fraction ``crop_scale`` of the volume (side lengths jittered by up
+    to 15% per axis), placed uniformly inside it; rotations (each axis uniform in +-``rotation``
+    degrees, half of the samples) turn the crop box about its centre; corners that leave the
+    volume read zeros. [B, C, D, H, W] -> [B, C, size, size, size].
+    """
+
+    def __init__(self, size: int, cfg: AugmentConfig) -> None:
+        super().__init__()
+        self.size, self.cfg = size, cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, b, dev = self.cfg, x.shape[0], x.device
+        side = torch.empty(b, 1, device=dev).uniform_(*c.crop_scale) ** (1 / 3)
+        jitter = 0.15 if c.crop_scale[0] < 1 else 0.0  # (1, 1) means no crop at all
+        frac = (side * torch.empty(b, 3, device=dev).uniform_(-jitter, jitter).exp()).clamp(max=1.0)
+        centre = (torch.rand(b, 3, device=dev) * 2 - 1) * (1 - frac)
+        # affine_grid's coordinates are (x, y, z) = (W, H, D): hflip, vflip, dflip in that order
+        flip_p = torch.tensor([c.hflip, c.vflip, c.dflip], device=dev)
+        signs = torch.where(torch.rand(b, 3, device=dev) < flip_p, -1.0, 1.0)
+        angles = torch.empty(b, 3, device=dev).uniform_(-c.rotation, c.rotation).deg2rad()
+        angles = angles * (torch.rand(b, 1, device=dev) < 0.5)
+        theta = torch.cat([_rotation(angles) @ torch.diag_embed(frac * signs), centre[..., None]], 2)
+        grid = F.affine_grid(theta, [b, x.shape[1], *([self.size] * 3)], align_corners=False)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def gaussian_blur3(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable 3-tap Gaussian blur along every spatial axis with a per-sample sigma.
+
+    x: [B, C, *S] (any number of spatial dims), sigma: [B] -> [B, C, *S]; edges replicate.
+    """
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    side = torch.exp(-0.5 / sigma.clamp(min=1e-3).pow(2)).reshape(shape)
+    norm = 1 + 2 * side
+    for dim in range(2, x.dim()):
+        n = x.shape[dim]
+        before = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+        after = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+        x = (x + side * (before + after)) / norm
+    return x
+
+
+class RandomBlur(nn.Module):
+    """``gaussian_blur3`` with sigma ~ U(0.1, 1.0) on a random fraction ``p`` of the samples."""
+
+    def __init__(self, p: float, sigma: tuple[float, float] = (0.1, 1.0)) -> None:
+        super().__init__()
+        self.p, self.sigma = p, sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = torch.empty(x.shape[0], device=x.device).uniform_(*self.sigma)
+        chosen = torch.rand(x.shape[0], device=x.device) < self.p
+        x = x.clone()
+        x[chosen] = gaussian_blur3(x[chosen], sigma[chosen])  # blur only the chosen samples
+        return x
+
+
 class ViewAugment(nn.Module):
-    """One random view of each image: geometric (kornia) then intensity jitter.
+    """One random view of each image: geometric (kornia in 2D, batched affine in 3D), blur, then
+    intensity jitter and noise.
 
     Args:
         spatial_dims: 2 or 3.
-        size: output side length (inputs are square/cubic MedMNIST-style images).
+        size: output side length (inputs are square/cubic MedMNIST-style images; a smaller size
+            gives DINO's local crops).
         cfg: augmentation strengths.
     """
 
@@ -100,6 +177,7 @@ class ViewAugment(nn.Module):
         super().__init__()
         cfg = cfg or AugmentConfig()
         geometric = _geometric_2d if spatial_dims == 2 else _geometric_3d
+        self.spatial_dims, self.size, self.cfg = spatial_dims, size, cfg
         self.geometric = nn.Sequential(*geometric(size, cfg))
         self.intensity = IntensityJitter(cfg)
 

@@ -1,3 +1,3 @@
 """Registered backbones; importing this package fills the registry."""
 
-from medssl.models.backbones import resnet  # noqa: F401
+from medssl.models.backbones import resnet, vit  # noqa: F401

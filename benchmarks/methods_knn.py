@@ -1,0 +1,186 @@
+"""Joint-embedding methods at the same wall-clock budget: kNN and linear-probe quality per method.
+
+For each dataset: a random-init encoder row, then every method pretrained with the real engine
+(``medssl.engine.fit``) for ``--budget-seconds`` of training, then a kNN (k=20) and a linear probe
+on frozen features of the full train split, scored on the test split. The number of epochs is
+planned from a short throughput probe so the cosine schedules nearly finish inside the budget;
+``fit(max_seconds=...)`` enforces the budget. Not a unit test: numbers vary run to run on a
+shared CPU, and one seed per method says little about small differences.
+
+    MEDSSL_DATA_DIR=../shared/data python benchmarks/methods_knn.py \\
+        --budget-seconds 120 --out benchmarks/results/methods_knn.json
+
+Writes the JSON and a markdown table next to it (``methods_knn.md``) after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+
+from medssl.config import PretrainConfig
+from medssl.data.medmnist import MedMNIST, load_medmnist
+from medssl.engine import fit, resolve_precision, seed_everything
+from medssl.engine.trainer import steps_per_epoch
+from medssl.errors import MedsslError
+from medssl.eval.probes import extract_features, knn_probe, linear_probe
+from medssl.methods import METHODS, create_method
+from medssl.registry import create_backbone
+
+ENCODERS = {2: ("resnet18_small", 0.5), 3: ("resnet10", 0.5)}  # cheap choices (CALIBRATION.md)
+VIT = ("vit_tiny", 1.0)  # for MAE, whose encoder must be a ViT
+PRESETS = Path(__file__).resolve().parent.parent / "configs" / "presets"
+
+
+def _preset_args(name: str) -> dict:
+    return yaml.safe_load((PRESETS / f"{name}.yaml").read_text())["pretrain"]["method_args"]
+
+
+# benchmark entry -> (method, method_args); plain method names map to (name, {}).
+VARIANTS = {
+    "mae_r0.75": ("mae", {"mask_ratio": 0.75}),
+    "mae_r0.4": ("mae", {"mask_ratio": 0.4}),  # the ratio the reviews report best on X-ray/CT
+    "combo_transvw_like": ("combo", "transvw_like"),
+    "combo_swin_like": ("combo", "swin_like"),
+}
+DEFAULT = [m for m in METHODS if m not in ("mae", "combo")] + list(VARIANTS)
+
+
+def resolve_entry(entry: str) -> tuple[str, dict]:
+    method, args = VARIANTS.get(entry, (entry, {}))
+    return method, _preset_args(args) if isinstance(args, str) else args
+
+
+def encoder_for(method: str, spatial_dims: int) -> tuple[str, float]:
+    return VIT if method == "mae" else ENCODERS[spatial_dims]
+OPTIM_KEYS = ("optimizer", "lr", "weight_decay")  # PretrainConfig defaults, the same for every method
+
+
+def evaluate(backbone: torch.nn.Module, data: MedMNIST, precision: torch.dtype | None) -> dict:
+    """kNN (k=20) and linear probe on frozen features: full train split -> test split."""
+    feats = {s: extract_features(backbone, getattr(data, s).images, precision=precision)
+             for s in ("train", "val", "test")}
+    y = {s: getattr(data, s).labels.numpy() for s in ("train", "val", "test")}
+    knn = knn_probe(feats["train"], y["train"], feats["test"], y["test"], data.num_classes, 20)
+    lin = linear_probe(feats["train"], y["train"], feats["val"], y["val"], feats["test"], y["test"],
+                       data.num_classes)
+    return {"knn_auc": knn["auc"], "knn_acc": knn["acc"], "linear_auc": lin["auc"], "linear_acc": lin["acc"]}
+
+
+def new_model(entry: str, data: MedMNIST, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    seed_everything(seed)
+    method, args = resolve_entry(entry)
+    name, width = encoder_for(method, data.spatial_dims)
+    backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width, img_size=data.size)
+    return backbone, create_method(method, backbone, data.spatial_dims, data.size, args)
+
+
+def pretrain(method: str, data: MedMNIST, budget: float, batch_size: int, seed: int,
+             precision: torch.dtype | None) -> tuple[torch.nn.Module, dict]:
+    """Train ``method`` for ``budget`` seconds; returns the backbone and the training stats."""
+    images = data.train.images
+    probe_spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
+    _, probe = new_model(method, data, seed)  # throughput probe on 3 batches, then thrown away
+    fit(probe, images[: batch_size * 3], None, probe_spec, None, seed, precision=precision, checkpoint=False)
+    ips = batch_size * 2 / max(1e-9, _time_steps(probe, images, batch_size, seed, precision))
+    per_epoch = steps_per_epoch(len(images), batch_size, True)
+    epochs = max(1, round(budget * ips / (per_epoch * batch_size)))
+    spec = PretrainConfig(epochs=epochs, batch_size=batch_size, warmup_epochs=min(2.0, 0.1 * epochs))
+    backbone, model = new_model(method, data, seed)
+    result = fit(model, images, None, spec, None, seed, precision=precision, checkpoint=False,
+                 max_seconds=budget, desc=f"{data.flag} {method}")
+    stats = {"planned_epochs": epochs, "epochs": round(result.steps / per_epoch, 2), "steps": result.steps,
+             "seconds": round(result.seconds, 1), "img_per_s": round(result.images_per_second, 1),
+             "last_loss": result.last_loss}
+    return backbone, stats
+
+
+def _time_steps(model: torch.nn.Module, images: torch.Tensor, batch_size: int, seed: int,
+                precision: torch.dtype | None) -> float:
+    """Seconds for 2 more training steps of an already warmed-up model."""
+    spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
+    return fit(model, images[: batch_size * 2], None, spec, None, seed + 1, precision=precision,
+               checkpoint=False).seconds
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
+             "kNN (k=20) and linear probe on frozen features, full train split -> test split. "
+             "`> random` compares kNN AUC with the random-init encoder's.", ""]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        sub = [r for r in rows if r["dataset"] == dataset]
+        base = {r["backbone"]: r["knn_auc"] for r in sub if r["method"] == "random-init"}
+        lines += [f"## {dataset}", "",
+                  "| method | encoder | epochs | img/s | kNN AUC | kNN acc | linear AUC | linear acc "
+                  "| > random |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sub:
+            beats = "" if r["method"] == "random-init" or r["backbone"] not in base else (
+                "yes" if r["knn_auc"] > base[r["backbone"]] else "**no**")
+            lines.append(f"| {r['method']} | {r['backbone']} x{r['width']} | {r.get('epochs', '')} | "
+                         f"{r.get('img_per_s', '')} | "
+                         f"{r['knn_auc']:.3f} | {r['knn_acc']:.3f} | {r['linear_auc']:.3f} | "
+                         f"{r['linear_acc']:.3f} | {beats} |")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-seconds", type=float, default=120.0, help="per method per dataset")
+    parser.add_argument("--methods", default=",".join(DEFAULT),
+                        help=f"comma-separated methods or variants ({', '.join(VARIANTS)}); default: all")
+    parser.add_argument("--datasets", default="retinamnist,adrenalmnist3d")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="benchmarks/results/methods_knn.json")
+    args = parser.parse_args()
+    precision = resolve_precision(args.precision)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {', '.join(DEFAULT)}")
+    meta = {"budget_seconds": args.budget_seconds, "batch_size": args.batch_size, "seed": args.seed,
+            "precision": "bf16" if precision else "fp32", "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "processor": platform.processor(),
+            "optimizer": {k: v for k, v in asdict(PretrainConfig()).items() if k in OPTIM_KEYS}}
+    rows: list[dict] = []
+    out = Path(args.out)
+    for flag in args.datasets.split(","):
+        data = load_medmnist(flag.strip())
+        for name, width in dict.fromkeys(encoder_for(resolve_entry(m)[0], data.spatial_dims)
+                                         for m in methods):
+            seed_everything(args.seed)
+            backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
+                                       img_size=data.size)
+            rows.append({"dataset": data.flag, "backbone": name, "width": width, "method": "random-init",
+                         **evaluate(backbone, data, precision)})
+            write(out, meta, rows)
+        for entry in methods:
+            name, width = encoder_for(resolve_entry(entry)[0], data.spatial_dims)
+            info = {"dataset": data.flag, "backbone": name, "width": width, "method": entry}
+            try:
+                backbone, stats = pretrain(entry, data, args.budget_seconds, args.batch_size, args.seed,
+                                           precision)
+            except MedsslError as err:  # e.g. Rubik's cube is 3D only
+                print(f"skipped {entry} on {data.flag}: {err}", flush=True)
+                continue
+            rows.append({**info, **stats, **evaluate(backbone, data, precision)})
+            write(out, meta, rows)
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

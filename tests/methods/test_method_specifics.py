@@ -1,0 +1,77 @@
+"""Behaviour specific to one method: MoCo v2's queue, DINO's multi-crop, centering and schedule."""
+
+import math
+
+import pytest
+import torch
+from joint_fixtures import tiny_batch, tiny_method
+
+
+def test_moco_v2_queue_is_a_ring_of_normalised_keys():
+    model = tiny_method("moco_v2", 2, queue_size=20)
+    assert model.queue.shape == (20, 16)
+    model.training_step(tiny_batch(2, n=8))
+    model.training_step(tiny_batch(2, n=8))
+    assert int(model.queue_ptr) == 16
+    model.training_step(tiny_batch(2, n=8))  # wraps around
+    assert int(model.queue_ptr) == 4
+    assert torch.allclose(model.queue.norm(dim=1), torch.ones(20), atol=1e-5)
+
+
+def test_moco_v2_loss_is_one_sided_when_asked():
+    model = tiny_method("moco_v2", 2, symmetric=False)
+    assert math.isfinite(model.training_step(tiny_batch(2))["loss"].item())
+
+
+def test_moco_v3_can_freeze_the_vit_patch_projection():
+    model = tiny_method("moco_v3", 2, backbone="vit_tiny", freeze_patch_embed=True)
+    assert not any(p.requires_grad for p in model.backbone.patch_embed.parameters())
+    model.training_step(tiny_batch(2))["loss"].backward()
+
+
+@pytest.mark.parametrize("spatial_dims,backbone,local", [(2, "resnet18_small", 7), (3, "resnet18_small", 7),
+                                                         (2, "vit_tiny", 7), (3, "resnet10", 16)])
+def test_dino_multi_crop_feeds_local_crops_to_the_student(spatial_dims, backbone, local):
+    model = tiny_method("dino", spatial_dims, backbone=backbone, local_crops=2)
+    assert model.local_augment.size == local  # 3/7 of 16, unless the CNN's layer4 would see 1 px
+    seen = []
+    hook = model.backbone.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    out = model.training_step(tiny_batch(spatial_dims))
+    hook.remove()
+    assert seen == [(16, 1, *[16] * spatial_dims), (16, 1, *[local] * spatial_dims)]
+    out["loss"].backward()
+    assert math.isfinite(out["loss"].item())
+
+
+def test_dino_local_crops_of_28_cubed_volumes_keep_resnet10_layer4_input_above_one_voxel():
+    from medssl.methods.dino import _local_size
+    from medssl.registry import create_backbone
+
+    net = create_backbone("resnet10", 3, 1, width=0.125).eval()
+    assert _local_size(net, 3, 28, 3 / 7) == 17  # 12 -> layer4 input 1^3; 17 -> 2^3
+    assert net.stages(torch.zeros(1, 1, 17, 17, 17))[-2].shape[-1] == 2
+    assert _local_size(create_backbone("resnet18_small", 2, 1, width=0.125), 2, 28, 3 / 7) == 12
+
+
+def test_dino_center_and_teacher_temperature_follow_their_schedules():
+    model = tiny_method("dino", 2, teacher_temp_warmup=0.5)
+    assert model.teacher_temp() == pytest.approx(0.04)
+    batch = tiny_batch(2)
+    with torch.no_grad():
+        teacher = model.teacher_head(model.teacher_backbone(torch.cat([batch["image"]] * 2)))
+    assert torch.equal(model.center, torch.zeros_like(model.center))
+    model.training_step(batch)
+    assert model.center.abs().sum() > 0  # moved towards the teacher's mean logits
+    assert model.center.abs().max() <= teacher.abs().max()
+    model.after_step(4, 20)  # a quarter of training: half-way through the warm-up
+    assert model.teacher_temp() == pytest.approx(0.04 + 0.03 * 0.5)
+    model.after_step(19, 20)
+    assert model.teacher_temp() == pytest.approx(0.07)
+
+
+def test_dino_prototype_layer_has_unit_norm_rows_and_the_norm_is_not_trained():
+    model = tiny_method("dino", 2)
+    w = model.head.last_layer.weight
+    assert torch.allclose(w.norm(dim=1), torch.ones(len(w)), atol=1e-5)
+    g = model.head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad

@@ -24,6 +24,12 @@ class DataConfig:
     size: int = 28  # MedMNIST image size: 28 (or 64/128/224 for MedMNIST+)
     path: str | None = None  # explicit .npz file or folder; else $MEDSSL_DATA_DIR, then the cache
     positive_class: int = 1  # binary tasks: the class that sensitivity/specificity/FPR call positive
+    # Classification from a label CSV instead of MedMNIST (e.g. DICOM slices, PNG/JPG folders):
+    format: str = "medmnist"  # "medmnist" (.npz) or "csv" (path = CSV; else <data dir>/<dataset>/labels.csv)
+    columns: list[str] = field(default_factory=lambda: ["path", "label", "patient_id"])  # csv column names
+    window: str = "soft_tissue"  # csv DICOM: CT window preset (lung, soft_tissue, bone) or "none" (min-max)
+    folds: int = 5  # csv: patient-level folds; test = test_fold, validation = the next fold, train = the rest
+    test_fold: int = 0
 
 
 @dataclass
@@ -37,6 +43,7 @@ class EngineConfig:
     precision: str = "auto"  # "auto" (bf16 where the CPU supports it), "bf16" or "fp32"
     channels_last: bool | None = None  # None: on with bf16, off in fp32 (where it slows CPUs down)
     log_every: int = 10  # optimisation steps between log lines
+    checkpoint_every: int = 10  # pretraining epochs between checkpoints (and after the last)
 
 
 @dataclass
@@ -70,15 +77,49 @@ class FinetuneConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """``task: segmentation``: folders are relative to the dataset root (data.path, else
+    $MEDSSL_DATA_DIR/<dataset>).
+
+    Fine-tuning reuses ``finetune`` (fractions, seeds, inits, epochs, batch_size, lr, min_steps, augment).
+    """
+
+    images: str = "images"  # NIfTI volumes (3D) or PNG/JPG/TIFF images (2D)
+    masks: str = "labels"  # label maps paired with images by file name
+    unlabelled: str | None = None  # extra images for pretraining only (e.g. an unlabelled test folder)
+    label_values: list[int] = field(default_factory=lambda: [0, 1])  # raw mask value of class 0, 1, ...
+    class_names: list[str] = field(default_factory=lambda: ["foreground"])  # names of classes 1..K-1
+    shape: list[int] | None = None  # pad/crop cases to this for training batches; None: the largest case
+    spacing: list[float] | None = None  # 3D: resample to this voxel spacing (mm) first; None: keep
+    clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # 3D per-volume clip
+    crop: list[int] = field(default_factory=lambda: [128, 128])  # random training patch (per axis)
+    sw_roi: list[int] | None = None  # sliding-window size at inference; None: crop
+    sw_overlap: float = 0.25  # sliding-window overlap
+    group_size: int = 1  # consecutive cases (natural file order) that form one split group
+    max_cases: int | None = None  # use only the first N labelled cases (smoke tests)
+    folds: int = 5  # patient-level k-fold over labelled cases
+    test_folds: list[int] = field(default_factory=lambda: [0])  # folds held out in turn; [0..4] = full CV
+    val_fraction: float = 0.2  # of the non-test groups, for model selection (Dice)
+    val_checks: int = 5  # validations per run (evenly spaced epochs, always the last)
+    pretrain_pool: str = "all"  # "all" images (labels unused) or "train": without the test fold (one fold)
+    freeze_encoder: bool = False  # ssl init: train the decoder only (encoder weights and BN stats fixed)
+    encoder_lr_scale: float = 1.0  # ssl init: encoder learning rate = lr * this (0 < scale <= 1)
+    load_decoder: bool = False  # also load decoder/head tensors from the pretraining checkpoint if present
+    overlays: int = 2  # overlay PNGs per run (first test cases)
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
     output_dir: str = "runs"
     seed: int = 0  # pretraining seed; fine-tuning seeds are in finetune.seeds
+    task: str = "classification"  # "classification" (MedMNIST/CSV) or "segmentation" (see segmentation)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
 def _type_name(tp: Any) -> str:

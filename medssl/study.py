@@ -40,6 +40,12 @@ SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
 
 def validate(cfg: StudyConfig) -> MedMNIST:
     """Check everything that can be checked before any file is written; return the data."""
+    if cfg.task not in ("classification", "segmentation"):
+        raise MedsslError(f"task must be classification or segmentation, got '{cfg.task}'")
+    if cfg.task == "segmentation":  # a SegmentationData: duck-types what pretrain() reads
+        from medssl.seg_study import validate_segmentation
+
+        return validate_segmentation(cfg)
     method_config(cfg.pretrain.method, cfg.pretrain.method_args)
     resolve_precision(cfg.engine.precision)
     for f in cfg.finetune.fractions:
@@ -48,7 +54,7 @@ def validate(cfg: StudyConfig) -> MedMNIST:
     unknown = set(cfg.finetune.inits) - {"ssl", "scratch"}
     if unknown:
         raise MedsslError(f"finetune.inits: unknown init {sorted(unknown)}; use ssl and/or scratch")
-    data = load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path)
+    data = _load_classification(cfg)
     if data.task not in SUPPORTED_TASKS:
         raise MedsslError(f"{data.flag}: task '{data.task}' is not supported yet "
                           f"(supported: {', '.join(SUPPORTED_TASKS)})")
@@ -58,6 +64,20 @@ def validate(cfg: StudyConfig) -> MedMNIST:
     if cfg.pretrain.checkpoint:
         load_weights(Path(cfg.pretrain.checkpoint))
     return data
+
+
+def _load_classification(cfg: StudyConfig) -> MedMNIST:
+    """MedMNIST (default) or, with ``data.format: csv``, a label CSV with patient-level folds."""
+    if cfg.data.format == "medmnist":
+        return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path)
+    if cfg.data.format != "csv":
+        raise MedsslError(f"data.format must be medmnist or csv, got '{cfg.data.format}'")
+    from medssl.data.folder import load_csv_classification
+    from medssl.data.segmentation import resolve_root
+
+    path = cfg.data.path or resolve_root(cfg.data.dataset, None) / "labels.csv"
+    return load_csv_classification(path, cfg.data.columns, cfg.data.size, cfg.data.window,
+                                   cfg.data.folds, cfg.data.test_fold, cfg.seed, cfg.data.dataset)
 
 
 def new_backbone(cfg: StudyConfig, data: MedMNIST) -> torch.nn.Module:
@@ -75,7 +95,8 @@ def pretrain(cfg: StudyConfig, data: MedMNIST, run_dir: Path, resume: bool = Fal
     result = fit(model, data.train.images, None, cfg.pretrain, run_dir, cfg.seed,
                  precision=resolve_precision(cfg.engine.precision),
                  channels_last=cfg.engine.channels_last, log_every=cfg.engine.log_every,
-                 desc=f"pretrain {cfg.pretrain.method}", resume=resume)
+                 desc=f"pretrain {cfg.pretrain.method}", resume=resume,
+                 checkpoint_every=cfg.engine.checkpoint_every)
     save_weights(backbone, run_dir / "encoder.safetensors",
                  {"method": cfg.pretrain.method, "backbone": cfg.model.backbone})
     console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
@@ -119,6 +140,10 @@ def _rows_for_subset(cfg: StudyConfig, data: MedMNIST, encoder: dict | None, ini
 
 def run_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
     """Run the whole study; returns the finished run directory."""
+    if cfg.task == "segmentation":
+        from medssl.seg_study import run_segmentation_study
+
+        return run_segmentation_study(cfg, overwrite)
     data = validate(cfg)
     final = Path(cfg.output_dir) / cfg.name
     if final.exists() and not overwrite:

@@ -116,6 +116,10 @@ def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``label_efficiency.png`` in ``run_dir`` from ``results.jsonl``."""
     run_dir = Path(run_dir)
     rows = read_results(run_dir / "results.jsonl")
+    if any(r.get("protocol") == "segmentation" for r in rows):
+        from medssl.report.segmentation import write_segmentation_report
+
+        return write_segmentation_report(run_dir, rows)
     summary = summarise(rows)
     meta = next((r for r in rows if r.get("protocol") in PROTOCOLS), {})
     pre = next((r for r in rows if r.get("protocol") == "pretrain"), None)

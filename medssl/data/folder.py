@@ -1,0 +1,216 @@
+"""Image folders (PNG/JPG/TIFF via Pillow), mask folders paired by file name, and label CSVs.
+
+A label CSV has one row per image: ``path,label[,patient_id]`` (column names configurable; paths
+relative to the CSV's folder). Images may be PNG/JPG/TIFF or DICOM (read with
+:func:`medssl.data.volume.read_dicom` and CT-windowed). Patient ids are replaced by a one-way
+pseudonym (a SHA-256 prefix) as soon as they are read, so they can group samples for patient-level
+splits but never reach logs or run directories.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medssl.data.volume import NIFTI_SUFFIXES, apply_window, normalize_intensity, read_dicom, to_uint8
+from medssl.errors import MedsslError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm",)
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that puts ``2.png`` before ``10.png``."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def stem(path: Path) -> str:
+    """File name without its image suffix (``case_1.nii.gz`` -> ``case_1``)."""
+    name = path.name
+    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, *DICOM_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def list_files(folder: str | Path, suffixes: Sequence[str]) -> list[Path]:
+    """Files of ``folder`` in natural order; any other (non-hidden) file is an error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MedsslError(f"{folder}: folder not found")
+    files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    for p in files:
+        if p.is_dir() or not p.name.lower().endswith(tuple(suffixes)):
+            raise MedsslError(f"{p}: not an image file (expected {', '.join(suffixes)})")
+    if not files:
+        raise MedsslError(f"{folder}: folder has no images")
+    return sorted(files, key=natural_key)
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so truncated files fail here
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
+        raise MedsslError(f"{path}: not a readable image ({type(err).__name__})") from err
+    return img
+
+
+def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
+    """Read an image as uint8: ``[H, W]`` for ``channels=1``, ``[3, H, W]`` for ``channels=3``.
+
+    16-bit and float images are min-max scaled per image (0.5-99.5 percentile clip).
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode.startswith(("I", "F")):  # 16-bit/float: PIL's convert("L") would clip at 255
+        grey = to_uint8(normalize_intensity(np.asarray(img)))
+        return grey if channels == 1 else np.repeat(grey[None], 3, 0)
+    if channels == 1:
+        return np.array(img.convert("L"))  # a writable copy
+    return np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy()
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a label mask as integer values ``[H, W]`` (palette masks give palette indices)."""
+    path = Path(path)
+    img = _open(path)
+    arr = np.array(img)
+    if img.mode == "1":
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 3:
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(arr.shape[2], 3))):
+            raise MedsslError(f"{path}: mask has colour channels; expected a single-channel label image")
+        arr = arr[..., 0]
+    return arr
+
+
+def pair_by_name(images: Sequence[Path], masks: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Pair images with masks of the same name (suffix may differ); unmatched files are errors."""
+    by_stem = {}
+    for m in masks:
+        if stem(m) in by_stem:
+            raise MedsslError(f"{m}: two masks share the name '{stem(m)}'")
+        by_stem[stem(m)] = m
+    pairs = []
+    for img in images:
+        if stem(img) not in by_stem:
+            raise MedsslError(f"{img}: no mask with the same name in {masks[0].parent if masks else '?'}")
+        pairs.append((img, by_stem.pop(stem(img))))
+    if by_stem:
+        extra = sorted(by_stem.values(), key=natural_key)[0]
+        raise MedsslError(f"{extra}: mask has no image with the same name")
+    return pairs
+
+
+def pseudonym(patient_id: str) -> str:
+    """One-way pseudonym of a patient id, for grouping only (never store the raw id)."""
+    return "p" + hashlib.sha256(patient_id.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    path: Path
+    label: int
+    group: str  # pseudonymised patient id, or the file stem when the CSV has no patient column
+
+
+def read_label_csv(csv_path: str | Path,
+                   columns: Sequence[str] = ("path", "label", "patient_id")) -> list[LabelRow]:
+    """Read ``path,label[,patient_id]`` rows; paths are relative to the CSV's folder.
+
+    Args:
+        csv_path: the CSV file.
+        columns: names of the path, label and (optional) patient-id columns.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MedsslError(f"{csv_path}: label CSV not found")
+    path_col, label_col, *rest = columns
+    patient_col = rest[0] if rest else None
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        for col in (path_col, label_col, *([patient_col] if patient_col else [])):
+            if col not in header:
+                raise MedsslError(f"{csv_path}: no column '{col}' (columns: {', '.join(header)})")
+        rows = []
+        for line, rec in enumerate(reader, 2):
+            rows.append(_label_row(csv_path, line, rec, path_col, label_col, patient_col))
+    if not rows:
+        raise MedsslError(f"{csv_path}: no rows")
+    return rows
+
+
+def _label_row(csv_path: Path, line: int, rec: dict, path_col: str, label_col: str,
+               patient_col: str | None) -> LabelRow:
+    path = csv_path.parent / (rec[path_col] or "")
+    if not rec[path_col] or not path.is_file():
+        raise MedsslError(f"{csv_path}:{line}: image file '{rec[path_col]}' not found")
+    try:
+        label = int(str(rec[label_col]).strip())
+    except ValueError as err:
+        raise MedsslError(f"{csv_path}:{line}: label '{rec[label_col]}' is not an integer") from err
+    group = pseudonym(str(rec[patient_col])) if patient_col and rec[patient_col] else stem(path)
+    return LabelRow(path, label, group)
+
+
+def read_any_image(path: Path, window: str = "soft_tissue") -> np.ndarray:
+    """A 2D image as float32 ``[H, W]`` in [0, 1]: DICOM is windowed (CT preset) or min-max
+    normalised (``window="none"``); other images are read grey-scale and divided by 255."""
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        hu = read_dicom(path).pixels
+        return apply_window(hu, window) if window != "none" else normalize_intensity(hu)
+    if not path.name.lower().endswith(IMAGE_SUFFIXES):
+        kinds = ", ".join(IMAGE_SUFFIXES + DICOM_SUFFIXES)
+        raise MedsslError(f"{path}: not an image file (expected {kinds})")
+    return read_image(path).astype(np.float32) / 255.0
+
+
+def resize_uint8(x01: np.ndarray, size: int) -> np.ndarray:
+    """[H, W] floats in [0, 1] -> uint8 [size, size] (antialiased bilinear; aspect not kept)."""
+    t = torch.from_numpy(np.ascontiguousarray(x01, dtype=np.float32))[None, None]
+    if t.shape[2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return to_uint8(t[0, 0].numpy())
+
+
+def load_csv_classification(csv_path: str | Path, columns: Sequence[str], size: int, window: str,
+                            folds: int, test_fold: int, seed: int, name: str | None = None):
+    """A labelled image CSV as a :class:`~medssl.data.medmnist.MedMNIST`-shaped dataset with
+    patient-level splits: fold ``test_fold`` is test, fold ``test_fold + 1`` validation, the rest
+    train (folds from :func:`medssl.data.splits.group_kfold` over pseudonymised patient ids).
+
+    Images are resized to ``size`` x ``size`` uint8 (``[N, 1, size, size]``); labels must be
+    integers ``0..K-1``. The classification study uses it for ``data.format: csv``.
+    """
+    from medssl.data.medmnist import MedMNIST, Split
+    from medssl.data.splits import group_kfold
+
+    csv_path = Path(csv_path)
+    if not 0 <= test_fold < folds:
+        raise MedsslError(f"data.test_fold {test_fold} is not in 0..{folds - 1}")
+    rows = read_label_csv(csv_path, columns)
+    labels = np.array([r.label for r in rows], dtype=np.int64)
+    classes = np.unique(labels)
+    if classes[0] != 0 or not np.array_equal(classes, np.arange(len(classes))) or len(classes) < 2:
+        raise MedsslError(f"{csv_path}: labels must be 0..K-1 with K >= 2, found {classes.tolist()}")
+    images = np.stack([resize_uint8(read_any_image(r.path, window), size) for r in rows])[:, None]
+    fold = group_kfold([r.group for r in rows], folds, seed)
+    val_fold = (test_fold + 1) % folds
+    parts = {"test": fold == test_fold, "val": fold == val_fold,
+             "train": (fold != test_fold) & (fold != val_fold)}
+    splits = {k: Split(torch.from_numpy(images[m]), torch.from_numpy(labels[m])) for k, m in parts.items()}
+    info = {"spatial_dims": 2, "n_channels": 1, "label": {str(c): str(c) for c in classes},
+            "task": "binary-class" if len(classes) == 2 else "multi-class"}
+    return MedMNIST(name or csv_path.parent.name, size, csv_path, info, **splits)

@@ -1,0 +1,116 @@
+"""The segmentation part of ``report.md``: Dice/IoU/HD95 per class, mean ± std over seeds and folds,
+SSL − scratch Dice per label fraction, overlay PNGs. Reads ``results.jsonl`` rows only."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def summarise_segmentation(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, tuple]]:
+    """(init, fraction) -> metric -> (mean, sample std, n runs) over seeds x folds (NaNs skipped)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("protocol") == "segmentation":
+            groups[(r["init"], r["fraction"])].append(r)
+    out = {}
+    for key, group in groups.items():
+        metrics = [k for k in group[0] if k.startswith(("dice_", "iou_", "hd95_"))] + ["val_dice", "seconds"]
+        out[key] = {}
+        for m in metrics:
+            vals = np.array([g[m] for g in group if g.get(m) is not None], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if len(vals):
+                std = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                out[key][m] = (float(vals.mean()), std, len(vals))
+    return out
+
+
+def _fmt(stat: tuple | None, digits: int = 3) -> str:
+    if stat is None:
+        return "–"
+    mean, std, n = stat
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def segmentation_table(summary: dict, classes: list[str]) -> list[str]:
+    """Markdown table: one line per (fraction, init); Dice per class + mean, IoU and HD95 means."""
+    head = ["fraction", "init", "runs", *[f"Dice {c}" for c in classes], "Dice mean", "IoU mean",
+            "HD95 mean", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (init, frac) in sorted(summary, key=lambda k: (k[1], k[0] != "ssl")):
+        s = summary[(init, frac)]
+        n = s["dice_mean"][2] if "dice_mean" in s else 0
+        cells = [f"{frac:g}", init, str(n), *[_fmt(s.get(f"dice_{c}")) for c in classes],
+                 _fmt(s.get("dice_mean")), _fmt(s.get("iou_mean")), _fmt(s.get("hd95_mean"), 2),
+                 f"{s['seconds'][0]:.0f}" if "seconds" in s else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def delta_lines(summary: dict) -> list[str]:
+    """SSL − scratch mean Dice per label fraction."""
+    lines = []
+    for frac in sorted({k[1] for k in summary}):
+        ssl, scr = summary.get(("ssl", frac), {}), summary.get(("scratch", frac), {})
+        if "dice_mean" in ssl and "dice_mean" in scr:
+            d = ssl["dice_mean"][0] - scr["dice_mean"][0]
+            lines.append(f"- fraction {frac:g}: mean Dice, SSL − scratch = {d:+.3f} "
+                         f"(SSL {_fmt(ssl['dice_mean'])}, scratch {_fmt(scr['dice_mean'])}, "
+                         f"{ssl['dice_mean'][2]} runs each)")
+    return lines
+
+
+def _overlay_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Overlays of the first seed/fold of every (fraction, init), so the same cases line up."""
+    seg = [r for r in rows if r.get("protocol") == "segmentation" and r.get("overlays")]
+    if not seg:
+        return []
+    first = (seg[0]["fold"], seg[0]["seed"])
+    lines = ["## Overlays (image | ground truth | prediction)", ""]
+    for r in sorted((r for r in seg if (r["fold"], r["seed"]) == first),
+                    key=lambda r: (r["fraction"], r["init"] != "ssl")):
+        lines.append(f"{r['init']}, fraction {r['fraction']:g}, fold {r['fold']}, seed {r['seed']}:")
+        lines += ["", *[f"![{Path(p).stem}]({p})" for p in r["overlays"]], ""]
+    return lines
+
+
+def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write ``report.md`` for a segmentation study from its ``results.jsonl`` rows."""
+    seg = [r for r in rows if r.get("protocol") == "segmentation"]
+    meta = seg[0] if seg else {}
+    pre = next((r for r in rows if r.get("protocol") == "pretrain"), None)
+    study = next((r for r in rows if r.get("protocol") == "study"), None)
+    summary = summarise_segmentation(rows)
+    classes = meta.get("classes", [])
+    folds = sorted({r["fold"] for r in seg})
+    name = run_dir.name.removesuffix(".incomplete")
+    lines = [f"# {name}: {meta.get('method', '?')} → {meta.get('spatial_dims', '?')}D segmentation "
+             f"on {meta.get('dataset', '?')}", ""]
+    lines += [f"U-Net decoder on backbone `{meta.get('backbone')}` (width {meta.get('width')}). "
+              f"Held-out test fold(s) {folds} of patient-level k-fold; model selected on validation "
+              "Dice. Mean ± sample std over seeds × folds; HD95 in mm (pixels for 2D images). "
+              "Label fraction = fraction of the fold's labelled training cases.", ""]
+    ssl = next((r for r in seg if r["init"] == "ssl"), None)
+    if ssl:
+        lines += [f"SSL init: {ssl.get('encoder_tensors_loaded')} encoder tensors loaded from the "
+                  f"pretrained encoder, {ssl.get('decoder_tensors_loaded')} decoder tensors from the "
+                  "pretraining checkpoint.", ""]
+    lines += ["## SSL vs scratch", "", *(delta_lines(summary) or ["- (no SSL/scratch pair)"]), ""]
+    lines += ["## Test metrics", "", *segmentation_table(summary, classes), ""]
+    lines += _overlay_lines(rows)
+    lines += ["## Compute", ""]
+    if pre and "seconds" in pre:
+        lines.append(f"- pretraining: {pre['steps']} steps on {pre.get('pool', '?')} unlabelled "
+                     f"images/volumes, {pre['seconds']:.0f} s")
+    if seg:
+        lines.append(f"- fine-tuning: {len(seg)} runs, {sum(r['seconds'] for r in seg):.0f} s training, "
+                     f"{sum(r.get('test_seconds', 0) for r in seg):.0f} s testing")
+    if study:
+        lines.append(f"- whole study: {study['seconds']:.0f} s")
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,210 @@
+"""A segmentation study (``task: segmentation``): pretrain once, then for each test fold x seed x
+label fraction x init, fine-tune a U-Net whose encoder is the registered backbone and evaluate it.
+
+Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only on success)::
+
+    config.yaml                                   the resolved config
+    splits/fold<k>.json                           patient-level train/val/test case indices + names
+    pretrain/  log.jsonl encoder.safetensors checkpoint.safetensors state.pt
+    segment/fold<k>/<init>_f<fraction>_s<seed>/   subset_indices.json log.jsonl model.safetensors
+                                                  overlays/<case>.png
+    results.jsonl                                 one "segmentation" row per run (Dice/IoU/HD95 per class)
+    report.md                                     made from results.jsonl alone
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from medssl.config import StudyConfig, save_config
+from medssl.data.segmentation import SegmentationData, load_segmentation, resolve_root
+from medssl.data.splits import assert_disjoint_groups, case_fraction, holdout_split, save_split
+from medssl.data.subsets import save_indices
+from medssl.engine import resolve_precision, seed_everything
+from medssl.engine.checkpoint import load_weights
+from medssl.errors import MedsslError
+from medssl.eval.segmentation import SegmentationNet, evaluate, load_pretrained, train_segmentation
+from medssl.methods import method_config
+from medssl.models.unet import UNet
+from medssl.registry import create_backbone
+from medssl.report.overlays import save_overlay
+
+console = Console(stderr=True)
+
+
+def _check_config(cfg: StudyConfig) -> None:
+    """Every config check that needs no data."""
+    seg, ft = cfg.segmentation, cfg.finetune
+    method_config(cfg.pretrain.method, cfg.pretrain.method_args)
+    resolve_precision(cfg.engine.precision)
+    for f in ft.fractions:
+        if not 0 < f <= 1:
+            raise MedsslError(f"finetune.fractions: {f} is not in (0, 1]")
+    if set(ft.inits) - {"ssl", "scratch"} or not ft.inits:
+        raise MedsslError(f"finetune.inits: {ft.inits}; use ssl and/or scratch")
+    if len(seg.label_values) < 2 or len(set(seg.label_values)) != len(seg.label_values):
+        raise MedsslError(f"segmentation.label_values {seg.label_values}: need >= 2 distinct values")
+    if len(seg.class_names) != len(seg.label_values) - 1:
+        raise MedsslError(f"segmentation.class_names: {len(seg.class_names)} names for "
+                          f"{len(seg.label_values) - 1} foreground classes")
+    if not seg.test_folds or any(not 0 <= f < seg.folds for f in seg.test_folds):
+        raise MedsslError(f"segmentation.test_folds {seg.test_folds}: each must be in 0..{seg.folds - 1}")
+    if seg.pretrain_pool not in ("all", "train"):
+        raise MedsslError(f"segmentation.pretrain_pool must be all or train, got '{seg.pretrain_pool}'")
+    if seg.pretrain_pool == "train" and len(seg.test_folds) > 1:
+        raise MedsslError("segmentation.pretrain_pool=train needs a single test fold (one pretraining)")
+    if not 0 < seg.encoder_lr_scale <= 1:
+        raise MedsslError(f"segmentation.encoder_lr_scale must be in (0, 1], got {seg.encoder_lr_scale}")
+    if seg.group_size < 1 or seg.val_checks < 1 or not 0 <= seg.sw_overlap < 1:
+        raise MedsslError("segmentation: group_size and val_checks must be >= 1, sw_overlap in [0, 1)")
+
+
+def validate_segmentation(cfg: StudyConfig) -> SegmentationData:
+    """Check config and data before any file is written; return the loaded dataset."""
+    _check_config(cfg)
+    seg = cfg.segmentation
+    data = load_segmentation(cfg.data.dataset, resolve_root(cfg.data.dataset, cfg.data.path), seg,
+                             cfg.data.size)
+    for key in ("crop", "sw_roi"):
+        value = getattr(seg, key)
+        if value is not None and (len(value) != data.spatial_dims or min(value) < 1):
+            raise MedsslError(f"segmentation.{key} {value}: need {data.spatial_dims} positive sizes")
+    new_unet(cfg, data)  # unknown backbone names fail here
+    if cfg.pretrain.checkpoint:
+        load_weights(Path(cfg.pretrain.checkpoint))
+    return data
+
+
+def new_unet(cfg: StudyConfig, data: SegmentationData) -> UNet:
+    backbone = create_backbone(cfg.model.backbone, data.spatial_dims, data.in_channels,
+                               width=cfg.model.width, img_size=data.size)
+    if not hasattr(backbone, "stages"):
+        raise MedsslError(f"backbone '{cfg.model.backbone}' has no feature stages for a U-Net decoder")
+    return UNet(backbone, data.num_classes)
+
+
+def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dict,
+                results: Path, info: dict) -> tuple[dict | None, dict | None]:
+    """(encoder state, full checkpoint state or None) for the ``ssl`` init."""
+    if "ssl" not in cfg.finetune.inits:
+        return None, None
+    from medssl.study import pretrain
+
+    if cfg.pretrain.checkpoint:
+        path = Path(cfg.pretrain.checkpoint)
+        stats: dict[str, Any] = {"checkpoint": str(path)}
+        full = path
+    else:
+        exclude = split["test"] if cfg.segmentation.pretrain_pool == "train" else ()
+        pool = data.pretrain_data(exclude)
+        stats = {**pretrain(cfg, pool, work / "pretrain"), "pool": len(pool.train)}
+        path, full = work / "pretrain" / "encoder.safetensors", work / "pretrain" / "checkpoint.safetensors"
+    _append(results, {"protocol": "pretrain", **info, **stats})
+    checkpoint = load_weights(full) if cfg.segmentation.load_decoder else None
+    return load_weights(path), checkpoint
+
+
+def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, seed: int,
+             fraction: float, init: str, weights: tuple, run_dir: Path) -> dict[str, Any]:
+    """Fine-tune one model on a label fraction of the fold's training cases; test it."""
+    seg, precision = cfg.segmentation, resolve_precision(cfg.engine.precision)
+    idx = case_fraction(split["train"], fraction, seed)
+    save_indices(run_dir / "subset_indices.json", idx, fraction=fraction, seed=seed, fold=fold,
+                 cases=[data.cases[i] for i in idx])
+    seed_everything(seed)
+    unet = new_unet(cfg, data)
+    loaded = {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+    if init == "ssl":
+        loaded = load_pretrained(unet, weights[0], weights[1])
+        console.log(f"{run_dir.name}: loaded {len(loaded['encoder_loaded'])} encoder tensors"
+                    + (f"; decoder: {len(loaded['decoder_loaded'])} loaded, missing "
+                       f"{loaded['decoder_missing'] or 'none'}" if weights[1] is not None else ""))
+    net = SegmentationNet(unet, seg.crop, cfg.finetune.augment,
+                          freeze_encoder=seg.freeze_encoder and init == "ssl",
+                          encoder_lr_scale=seg.encoder_lr_scale if init == "ssl" else 1.0)
+    roi = seg.sw_roi or seg.crop
+    val = ([data.images[i] for i in split["val"]], [data.labels[i] for i in split["val"]])
+    fit_stats = train_segmentation(net, data.stack(idx), val, cfg.finetune, run_dir, seed,
+                                   data.num_classes, roi, seg.sw_overlap, precision,
+                                   cfg.finetune.min_steps, seg.val_checks)
+    test = split["test"]
+    t0 = time.perf_counter()
+    means, preds = evaluate(net, [data.images[i] for i in test], [data.labels[i] for i in test],
+                            data.num_classes, roi, seg.sw_overlap, [data.spacings[i] for i in test],
+                            precision, keep=seg.overlays)
+    overlays = [_overlay(data, run_dir, int(test[k]), p, f"{init}, {fraction:.0%} of labels, fold {fold}")
+                for k, p in enumerate(preds)]
+    row = {"init": init, "fraction": fraction, "seed": seed, "fold": fold, "n_labelled": len(idx),
+           "n_test": len(test), "classes": data.class_names, **_metric_fields(means, data.class_names),
+           **fit_stats, "test_seconds": time.perf_counter() - t0, "overlays": overlays,
+           "encoder_tensors_loaded": len(loaded["encoder_loaded"]),
+           "decoder_tensors_loaded": len(loaded["decoder_loaded"])}
+    return row
+
+
+def _metric_fields(means: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
+    out = {}
+    for metric, values in means.items():
+        for name, v in zip(names, values, strict=True):
+            out[f"{metric}_{name}"] = float(v)
+        out[f"{metric}_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return out
+
+
+def _overlay(data: SegmentationData, run_dir: Path, case: int, pred: np.ndarray, title: str) -> str:
+    path = save_overlay(data.images[case], data.labels[case], pred,
+                        run_dir / "overlays" / f"{data.cases[case]}.png", data.num_classes,
+                        f"{data.cases[case]}: {title}")
+    return str(path.relative_to(run_dir.parents[2]))
+
+
+def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
+    """Run the whole segmentation study; returns the finished run directory."""
+    from medssl.report.report import write_report
+
+    data = validate_segmentation(cfg)
+    final = Path(cfg.output_dir) / cfg.name
+    if final.exists() and not overwrite:
+        raise MedsslError(f"{final}: run directory exists; pass --overwrite or change 'name'")
+    work = final.with_name(final.name + ".incomplete")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    save_config(cfg, work / "config.yaml")
+    t0, seg = time.perf_counter(), cfg.segmentation
+    info = {"task": "segmentation", "dataset": data.name, "method": cfg.pretrain.method,
+            "backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims}
+    results = work / "results.jsonl"
+    splits = {}
+    for fold in seg.test_folds:
+        splits[fold] = holdout_split(data.groups, seg.folds, fold, seg.val_fraction, cfg.seed)
+        assert_disjoint_groups(splits[fold], data.groups)
+        save_split(work / "splits" / f"fold{fold}.json", splits[fold], fold=fold, folds=seg.folds,
+                   seed=cfg.seed, cases={k: [data.cases[i] for i in v] for k, v in splits[fold].items()})
+    weights = _pretrained(cfg, data, work, splits[seg.test_folds[0]], results, info)
+    for fold in seg.test_folds:
+        for seed in cfg.finetune.seeds:
+            for fraction in cfg.finetune.fractions:
+                for init in cfg.finetune.inits:
+                    run_dir = work / "segment" / f"fold{fold}" / f"{init}_f{fraction:g}_s{seed}"
+                    row = _one_run(cfg, data, splits[fold], fold, seed, fraction, init, weights, run_dir)
+                    _append(results, {"protocol": "segmentation", **info, **row})
+                    console.log(f"fold {fold} {init} fraction={fraction:g} seed={seed}: "
+                                f"Dice {row['dice_mean']:.3f}")
+    _append(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
+    write_report(work)
+    if final.exists():
+        shutil.rmtree(final)
+    work.rename(final)
+    return final
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

@@ -41,7 +41,7 @@ class ModelConfig:
 @dataclass
 class EngineConfig:
     precision: str = "auto"  # "auto" (bf16 where the CPU supports it), "bf16" or "fp32"
-    channels_last: bool | None = None  # None: on with bf16, off in fp32 (where it slows CPUs down)
+    channels_last: bool | None = None  # None: on with bf16, off in fp32 (see resolve_channels_last)
     log_every: int = 10  # optimisation steps between log lines
     checkpoint_every: int = 10  # pretraining epochs between checkpoints (and after the last)
 

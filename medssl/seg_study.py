@@ -14,8 +14,6 @@ Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only o
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from medssl.config import StudyConfig, save_config
+from medssl.config import StudyConfig
 from medssl.data.segmentation import SegmentationData, load_segmentation, resolve_root
 from medssl.data.splits import assert_disjoint_groups, case_fraction, holdout_split, save_split
 from medssl.data.subsets import save_indices
@@ -35,6 +33,7 @@ from medssl.methods import method_config
 from medssl.models.unet import UNet
 from medssl.registry import create_backbone
 from medssl.report.overlays import save_overlay
+from medssl.rundir import append_row, finish_run, start_run
 
 console = Console(stderr=True)
 
@@ -106,7 +105,7 @@ def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dic
         pool = data.pretrain_data(exclude)
         stats = {**pretrain(cfg, pool, work / "pretrain"), "pool": len(pool.train)}
         path, full = work / "pretrain" / "encoder.safetensors", work / "pretrain" / "checkpoint.safetensors"
-    _append(results, {"protocol": "pretrain", **info, **stats})
+    append_row(results, {"protocol": "pretrain", **info, **stats})
     checkpoint = load_weights(full) if cfg.segmentation.load_decoder else None
     return load_weights(path), checkpoint
 
@@ -167,16 +166,8 @@ def _overlay(data: SegmentationData, run_dir: Path, case: int, pred: np.ndarray,
 
 def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
     """Run the whole segmentation study; returns the finished run directory."""
-    from medssl.report.report import write_report
-
     data = validate_segmentation(cfg)
-    final = Path(cfg.output_dir) / cfg.name
-    if final.exists() and not overwrite:
-        raise MedsslError(f"{final}: run directory exists; pass --overwrite or change 'name'")
-    work = final.with_name(final.name + ".incomplete")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    save_config(cfg, work / "config.yaml")
+    work, final = start_run(cfg, overwrite)
     t0, seg = time.perf_counter(), cfg.segmentation
     info = {"task": "segmentation", "dataset": data.name, "method": cfg.pretrain.method,
             "backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims}
@@ -194,17 +185,8 @@ def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
                 for init in cfg.finetune.inits:
                     run_dir = work / "segment" / f"fold{fold}" / f"{init}_f{fraction:g}_s{seed}"
                     row = _one_run(cfg, data, splits[fold], fold, seed, fraction, init, weights, run_dir)
-                    _append(results, {"protocol": "segmentation", **info, **row})
+                    append_row(results, {"protocol": "segmentation", **info, **row})
                     console.log(f"fold {fold} {init} fraction={fraction:g} seed={seed}: "
                                 f"Dice {row['dice_mean']:.3f}")
-    _append(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
-    write_report(work)
-    if final.exists():
-        shutil.rmtree(final)
-    work.rename(final)
-    return final
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
+    return finish_run(work, final)

@@ -11,8 +11,6 @@ Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only o
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from medssl.config import StudyConfig, save_config
+from medssl.config import StudyConfig
 from medssl.data.medmnist import MedMNIST, load_medmnist
 from medssl.data.subsets import label_fraction_indices, save_indices
 from medssl.engine import fit, resolve_precision, seed_everything
@@ -30,7 +28,7 @@ from medssl.eval.finetune import Classifier, finetune
 from medssl.eval.probes import extract_features, knn_probe, linear_probe
 from medssl.methods import create_method, method_config
 from medssl.registry import create_backbone
-from medssl.report.report import write_report
+from medssl.rundir import append_row, finish_run, start_run
 from medssl.transforms.augment import light_augment
 
 console = Console(stderr=True)
@@ -145,13 +143,7 @@ def run_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
 
         return run_segmentation_study(cfg, overwrite)
     data = validate(cfg)
-    final = Path(cfg.output_dir) / cfg.name
-    if final.exists() and not overwrite:
-        raise MedsslError(f"{final}: run directory exists; pass --overwrite or change 'name'")
-    work = final.with_name(final.name + ".incomplete")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    save_config(cfg, work / "config.yaml")
+    work, final = start_run(cfg, overwrite)
     t0 = time.perf_counter()
     info = {"dataset": data.flag, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
             "width": cfg.model.width}
@@ -163,7 +155,7 @@ def run_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
         else:
             stats = pretrain(cfg, data, work / "pretrain")
             encoder = load_weights(work / "pretrain" / "encoder.safetensors")
-        _append(results, {"protocol": "pretrain", **info, **stats})
+        append_row(results, {"protocol": "pretrain", **info, **stats})
     else:
         encoder = None
     for seed in cfg.finetune.seeds:
@@ -171,16 +163,7 @@ def run_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
             for init in cfg.finetune.inits:
                 sub = work / "finetune" / f"{init}_f{fraction:g}_s{seed}"
                 for row in _rows_for_subset(cfg, data, encoder, init, fraction, seed, sub):
-                    _append(results, {**info, **row})
+                    append_row(results, {**info, **row})
                 console.log(f"{init} fraction={fraction:g} seed={seed}: done")
-    _append(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
-    write_report(work)
-    if final.exists():
-        shutil.rmtree(final)
-    work.rename(final)
-    return final
-
-
-def _append(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
+    return finish_run(work, final)

@@ -12,7 +12,7 @@ from torch import nn
 
 from medssl.losses import barlow_twins_loss
 from medssl.models.heads import projection_mlp
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -33,6 +33,6 @@ class BarlowTwins(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         z1, z2 = self.projector(self.backbone(views)).chunk(2)
         return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambd, gather=True)}

@@ -14,7 +14,7 @@ from torch import nn
 from medssl.losses import byol_loss
 from medssl.models.heads import projection_mlp
 from medssl.models.utils import cosine_momentum, ema_update, momentum_copy
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -44,7 +44,7 @@ class BYOL(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         z = self.projector(self.backbone(views))
         p1, p2 = self.predictor(z).chunk(2)
         with torch.no_grad():

@@ -17,7 +17,7 @@ from medssl.losses import moco_infonce
 from medssl.losses.distributed import gather
 from medssl.models.heads import projection_mlp
 from medssl.models.utils import ema_update, momentum_copy
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -57,7 +57,7 @@ class MoCoV2(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         q1, q2 = self.projector(self.backbone(views)).chunk(2)
         with torch.no_grad():
             k1, k2 = self.momentum_projector(self.momentum_backbone(views)).chunk(2)

@@ -15,7 +15,7 @@ from torch import nn
 from medssl.losses import moco_v3_loss
 from medssl.models.heads import projection_mlp
 from medssl.models.utils import cosine_momentum, ema_update, freeze, momentum_copy
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -44,7 +44,7 @@ class MoCoV3(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         q1, q2 = self.predictor(self.projector(self.backbone(views))).chunk(2)
         with torch.no_grad():
             k1, k2 = self.momentum_projector(self.momentum_backbone(views)).chunk(2)

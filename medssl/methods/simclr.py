@@ -12,7 +12,7 @@ from torch import nn
 
 from medssl.losses import nt_xent
 from medssl.models.heads import projection_mlp
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SimCLR(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         z = self.projector(self.backbone(views))
         z1, z2 = z.chunk(2)
         return {"loss": nt_xent(z1, z2, self.cfg.temperature)}

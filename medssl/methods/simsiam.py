@@ -13,7 +13,7 @@ from torch import nn
 from medssl.losses import negative_cosine
 from medssl.methods.byol import embedding_std
 from medssl.models.heads import projection_mlp
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -35,7 +35,7 @@ class SimSiam(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         z = self.projector(self.backbone(views))
         p1, p2 = self.predictor(z).chunk(2)
         z1, z2 = z.chunk(2)

@@ -13,7 +13,7 @@ from torch import nn
 
 from medssl.losses import vicreg_loss
 from medssl.models.heads import projection_mlp
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, two_views
 
 
 @dataclass
@@ -36,7 +36,7 @@ class VICReg(nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        views = torch.cat([self.augment(x), self.augment(x)])  # [2B, C, *S]
+        views = two_views(self.augment, x)  # [2B, C, *S]
         z1, z2 = self.projector(self.backbone(views)).chunk(2)
         c = self.cfg
         return vicreg_loss(z1, z2, c.sim_weight, c.var_weight, c.cov_weight, gather=True)

@@ -191,3 +191,8 @@ def light_augment(spatial_dims: int, size: int) -> ViewAugment:
     cfg = AugmentConfig(crop_scale=(0.8, 1.0), rotation=10.0, brightness=0.1, contrast=0.1,
                         gamma=(0.9, 1.1), blur_p=0.0, noise_p=0.0, p_intensity=0.5)
     return ViewAugment(spatial_dims, size, cfg)
+
+
+def two_views(augment: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Two independent augmentations of each image, stacked: [B, C, *S] -> [2B, C, *S] (view 1 first)."""
+    return torch.cat([augment(x), augment(x)])

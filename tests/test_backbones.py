@@ -1,7 +1,11 @@
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from medssl.errors import MedsslError
+from medssl.models.backbones.resnet import guard_tiny_inputs, tiny_input_padding
 from medssl.registry import backbone_names, create_backbone
 
 
@@ -63,3 +67,46 @@ def test_vit_rejects_an_image_size_the_patches_do_not_tile():
 def test_unknown_backbone_lists_known_names():
     with pytest.raises(MedsslError, match=r"unknown backbone 'resnet999'.*resnet18_small"):
         create_backbone("resnet999")
+
+
+def test_tiny_input_padding_only_for_the_bad_sizes():
+    assert tiny_input_padding((1, 1), (3, 3), (1, 1)) == [1, 1]  # 1 px into 3x3/2 -> 2 px
+    assert tiny_input_padding((5, 6, 7), (7, 7, 7), (3, 3, 3)) == [3, 2, 1]  # 7x7x7/2 stem -> 8 voxels
+    assert tiny_input_padding((2, 3, 8), (3, 3, 3), (1, 1, 1)) == [0, 0, 0]
+    assert tiny_input_padding((4, 8, 28), (7, 7, 7), (3, 3, 3)) == [0, 0, 0]
+    assert tiny_input_padding((1,), (1,), (0,)) == [0]  # 1x1/2 downsampling: nothing to pad with
+
+
+@pytest.mark.parametrize("spatial_dims,size,kernel,padding",
+                         [(3, 7, 7, 3), (3, 5, 7, 3), (2, 1, 3, 1), (3, 1, 3, 1)])
+def test_guarded_conv_equals_float64_reference(spatial_dims, size, kernel, padding):
+    """Padding and cropping is exact; the guarded fp32 and bf16 weight gradients match float64
+    (unguarded, fp32 3D 7x7x7/2 on 7^3 inputs gave gradients of ~1e28 here)."""
+    torch.manual_seed(0)
+    conv_cls = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+    conv = conv_cls(16, 8, kernel, stride=2, padding=padding, bias=False)
+    ref = copy.deepcopy(conv).double()
+    guard_tiny_inputs(conv)
+    x = torch.randn(256, 16, *([size] * spatial_dims))
+    y_ref = ref(x.double())
+    y_ref.pow(2).mean().backward()
+    for bf16 in (False, True):
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y = conv(x)
+        assert y.shape == y_ref.shape
+        y.double().pow(2).mean().backward()
+        tol = 2e-2 if bf16 else 1e-5
+        torch.testing.assert_close(conv.weight.grad.double(), ref.weight.grad, rtol=tol, atol=tol)
+
+
+def test_resnet_stem_gradient_on_relative_location_tiles():
+    """3D ResNet-10 on 7^3 tiles (relative location on 28^3 volumes) trains with sane gradients."""
+    torch.manual_seed(0)
+    net = create_backbone("resnet10", 3, 1, width=0.25)
+    ref = copy.deepcopy(net).double()
+    x = torch.randn(64, 1, 7, 7, 7)
+    net(x).pow(2).mean().backward()
+    ref(x.double()).pow(2).mean().backward()
+    torch.testing.assert_close(net.net.conv1.weight.grad.double(), ref.net.conv1.weight.grad,
+                               rtol=1e-4, atol=1e-6)

@@ -57,34 +57,6 @@ def save_shared_once(module: nn.Module) -> None:
     module.register_load_state_dict_pre_hook(restore)
 
 
-def _strided_conv_sees_one_voxel(backbone: nn.Module, shape: tuple[int, ...]) -> bool:
-    """Whether some stage of a CNN backbone outputs a 1-voxel map that a stride-2 stage then reads."""
-    if not hasattr(backbone, "stages"):
-        return False
-    training = backbone.training
-    with torch.no_grad():
-        stages = backbone.eval().stages(torch.zeros(1, backbone.in_channels, *shape))
-    backbone.train(training)
-    return any(min(s.shape[2:]) == 1 for s in stages[:-1])
-
-
-def encode_small(backbone: nn.Module, x: torch.Tensor, cache: dict[tuple[int, ...], bool]) -> torch.Tensor:
-    """``backbone(x)`` for small inputs (puzzle tiles), in fp32 where bf16 would be wrong.
-
-    oneDNN's bf16 weight gradient of a stride-2 convolution whose input is 1 voxel wide returns
-    garbage (NaN or ~1e11; reproduced here with torch 2.14.1, 2D and 3D, e.g. a 3D ResNet-10 on
-    12^3 tiles), so for such tile sizes the backbone runs with autocast off. ``cache`` remembers
-    the answer per tile shape.
-    """
-    shape = tuple(x.shape[2:])
-    if shape not in cache:
-        cache[shape] = _strided_conv_sees_one_voxel(backbone, shape)
-    if cache[shape] and torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(x.device.type, enabled=False):
-            return backbone(x.float())
-    return backbone(x)
-
-
 def classification_logs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy in fp32, accuracy) for logits [B, K] and labels [B]."""
     loss = F.cross_entropy(logits.float(), labels)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medssl.errors import MedsslError
-from medssl.methods._common import GeneratorState, classification_logs, encode_small, new_generator
+from medssl.methods._common import GeneratorState, classification_logs, new_generator
 from medssl.models.heads import projection_mlp
 from medssl.transforms.augment import ViewAugment
 from medssl.transforms.puzzles import grid_tiles, hamming_permutations, shuffle_tiles
@@ -45,7 +45,6 @@ class Jigsaw(GeneratorState, nn.Module):
                                                                   cfg.permutation_seed))
         self.head = projection_mlp(tiles * backbone.num_features, cfg.hidden_dim, len(self.permutations))
         self.generator = new_generator()
-        self._fp32_shapes: dict[tuple[int, ...], bool] = {}  # see encode_small
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
@@ -53,7 +52,7 @@ class Jigsaw(GeneratorState, nn.Module):
             x = self.augment(x)
         tiles = grid_tiles(x, self.cfg.grid, self.cfg.crop_frac, self.generator)  # [B, T, C, *t]
         shuffled, labels = shuffle_tiles(tiles, self.permutations, self.generator)
-        feats = encode_small(self.backbone, shuffled.flatten(0, 1), self._fp32_shapes)  # [B * T, F]
+        feats = self.backbone(shuffled.flatten(0, 1))  # [B * T, F]
         feats = feats.reshape(len(x), -1)  # [B, T * F] in shuffled order
         loss, acc = classification_logs(self.head(feats), labels)
         return {"loss": loss, "acc": acc}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medssl.methods._common import GeneratorState, classification_logs, encode_small, new_generator
+from medssl.methods._common import GeneratorState, classification_logs, new_generator
 from medssl.models.heads import projection_mlp
 from medssl.transforms.augment import ViewAugment
 from medssl.transforms.corruptions.base import randint
@@ -40,7 +40,6 @@ class RelativeLocation(GeneratorState, nn.Module):
                              persistent=False)
         self.head = projection_mlp(2 * backbone.num_features, cfg.hidden_dim, cells - 1)
         self.generator = new_generator()
-        self._fp32_shapes: dict[tuple[int, ...], bool] = {}  # see encode_small
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
@@ -49,7 +48,7 @@ class RelativeLocation(GeneratorState, nn.Module):
         tiles = grid_tiles(x, 3, self.cfg.crop_frac, self.generator)  # [B, 9 or 27, C, *t]
         labels = randint(self.generator, len(self.neighbours), (len(x),), x)
         other = tiles[torch.arange(len(x), device=x.device), self.neighbours[labels]]
-        feats = encode_small(self.backbone, torch.cat([tiles[:, self.centre], other]), self._fp32_shapes)
+        feats = self.backbone(torch.cat([tiles[:, self.centre], other]))
         centre, neighbour = feats.chunk(2)
         loss, acc = classification_logs(self.head(torch.cat([centre, neighbour], dim=1)), labels)
         return {"loss": loss, "acc": acc}

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.methods._common import GeneratorState, classification_logs, encode_small, new_generator
+from medssl.methods._common import GeneratorState, classification_logs, new_generator
 from medssl.models.heads import projection_mlp
 from medssl.transforms.augment import ViewAugment
 from medssl.transforms.corruptions import inpaint
@@ -56,7 +56,6 @@ class Rubik(GeneratorState, nn.Module):
         self.turn_head = nn.Linear(feats, self.num_turns)  # per cube, shared across positions
         self.mask_head = nn.Linear(feats, 1) if cfg.mask_p > 0 else None
         self.generator = new_generator()
-        self._fp32_shapes: dict[tuple[int, ...], bool] = {}  # see encode_small
 
     def scramble(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x [B, C, *S] -> cubes [B * T, C, *t] and labels: ``order`` [B], ``turn`` and ``masked`` [B * T]."""
@@ -76,7 +75,7 @@ class Rubik(GeneratorState, nn.Module):
         if self.augment is not None:
             x = self.augment(x)
         cubes, labels = self.scramble(x)
-        feats = encode_small(self.backbone, cubes, self._fp32_shapes)  # [B * T, F]
+        feats = self.backbone(cubes)  # [B * T, F]
         order_logits = self.order_head(feats.reshape(len(x), -1))  # [B, T * F] -> [B, K]
         order_loss, order_acc = classification_logs(order_logits, labels["order"])
         turn_loss, turn_acc = classification_logs(self.turn_head(feats), labels["turn"])

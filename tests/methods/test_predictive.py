@@ -4,7 +4,6 @@ import torch
 from medssl.engine.checkpoint import load_weights, save_weights
 from medssl.errors import MedsslError
 from medssl.methods import create_method
-from medssl.methods._common import _strided_conv_sees_one_voxel, encode_small
 from medssl.registry import create_backbone
 
 PREDICTIVE = ["rotation", "jigsaw", "relative_location", "rubik"]
@@ -96,17 +95,3 @@ def test_one_bf16_step(name):
         loss = model.training_step({"image": torch.rand(4, 1, 16, 16)})["loss"]
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-
-
-def test_tiles_too_small_for_bf16_strided_convs_run_in_fp32():
-    net = create_backbone("resnet10", 3, 1, width=0.125)
-    assert _strided_conv_sees_one_voxel(net, (12, 12, 12))
-    assert not _strided_conv_sees_one_voxel(net, (28, 28, 28))
-    cache: dict = {}
-    autocast_seen = []
-    net.register_forward_pre_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        encode_small(net, torch.rand(2, 1, 12, 12, 12), cache)
-        encode_small(net, torch.rand(2, 1, 28, 28, 28), cache)
-    assert cache == {(12, 12, 12): True, (28, 28, 28): False}
-    assert autocast_seen == [False, True]  # fp32 for the 12^3 tiles, bf16 for 28^3 (probes call stages())

@@ -116,6 +116,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
     lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
              "kNN (k=20) and linear probe on frozen features, full train split -> test split. "
              "`> random` compares kNN AUC with the random-init encoder's.", ""]
+    if meta.get("note"):
+        lines += [f"Note: {meta['note']}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         sub = [r for r in rows if r["dataset"] == dataset]
         base = {r["backbone"]: r["knn_auc"] for r in sub if r["method"] == "random-init"}

@@ -78,7 +78,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     from medssl.study import pretrain, validate
 
     overrides = list(args.set)
-    overrides += [f"pretrain.method={args.method}"] if args.method else []
+    overrides += [f"pretrain.method={args.method.replace('-', '_')}"] if args.method else []
     overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
     cfg = load_config(args.config, overrides)
     data = validate(cfg)

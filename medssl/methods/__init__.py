@@ -15,6 +15,7 @@ from medssl.methods.combo import Combo, ComboConfig
 from medssl.methods.context_restoration import ContextRestoration, ContextRestorationConfig
 from medssl.methods.denoising import Denoising, DenoisingConfig
 from medssl.methods.dino import DINO, DINOConfig
+from medssl.methods.distortion_dense import DistortionDense, DistortionDenseConfig
 from medssl.methods.genesis import Genesis, GenesisConfig
 from medssl.methods.jigsaw import Jigsaw, JigsawConfig
 from medssl.methods.mae import MAE, MAEConfig
@@ -46,19 +47,27 @@ METHODS: dict[str, tuple[type[nn.Module], type]] = {
     "relative_location": (RelativeLocation, RelativeLocationConfig),
     "rubik": (Rubik, RubikConfig),
     "combo": (Combo, ComboConfig),
+    "distortion_dense": (DistortionDense, DistortionDenseConfig),
 }
 
 
 def method_config(name: str, args: dict[str, Any]) -> Any:
     """The method's config dataclass from ``pretrain.method_args`` (unknown keys are errors)."""
+    name = canonical_name(name)
     if name not in METHODS:
         raise MedsslError(f"unknown method '{name}'; known: {', '.join(sorted(METHODS))}")
     return from_dict(METHODS[name][1], args, f"method '{name}'", "pretrain.method_args.")
 
 
+def canonical_name(name: str) -> str:
+    """Method names accept hyphens for underscores (``distortion-dense`` = ``distortion_dense``)."""
+    return name.replace("-", "_")
+
+
 def create_method(name: str, backbone: nn.Module, spatial_dims: int, size: int,
                   args: dict[str, Any]) -> nn.Module:
     """Build method ``name`` around ``backbone`` with its default view augmentation."""
+    name = canonical_name(name)
     cls, _ = METHODS.get(name, (None, None))
     cfg = method_config(name, args)
     return cls(backbone, ViewAugment(spatial_dims, size), cfg)

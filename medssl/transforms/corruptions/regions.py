@@ -104,8 +104,8 @@ def distort_regions(x: torch.Tensor, generator: torch.Generator, max_regions: in
     for j in range(1, max_regions):
         valid[:, j] &= ~_overlaps(lo, hi, j, valid)
     allowed = torch.tensor([DISTORTION_TYPES.index(t) + 1 for t in types], device=x.device)
-    labels = allowed[(uniform(generator, (b, max_regions), x) * len(allowed)).long().clamp(max=len(allowed) - 1)]
-    labels = labels * valid
+    pick = (uniform(generator, (b, max_regions), x) * len(allowed)).long().clamp(max=len(allowed) - 1)
+    labels = allowed[pick] * valid
 
     masks = torch.cat([box_mask(lo[:, j:j + 1], size[:, j:j + 1], shape) for j in range(max_regions)], dim=1)
     masks &= valid.reshape(b, max_regions, *([1] * d))  # [B, N, *S]
@@ -120,5 +120,5 @@ def distort_regions(x: torch.Tensor, generator: torch.Generator, max_regions: in
 
 
 def xyxy_boxes(boxes: torch.Tensor) -> torch.Tensor:
-    """2D boxes [..., 4] from tensor order ``(y0, x0, y1, x1)`` to torchvision's ``(x0, y0, x1, y1)``, float."""
+    """2D boxes [..., 4], tensor order ``(y0, x0, y1, x1)`` -> torchvision's float ``(x0, y0, x1, y1)``."""
     return boxes[..., [1, 0, 3, 2]].float()

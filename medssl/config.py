@@ -97,6 +97,7 @@ class SegmentationConfig:
     sw_overlap: float = 0.25  # sliding-window overlap
     group_size: int = 1  # consecutive cases (natural file order) that form one split group
     max_cases: int | None = None  # use only the first N labelled cases (smoke tests)
+    slice_axis: int | None = None  # 3D data as 2D slices along this axis (2D models); splits stay per volume
     folds: int = 5  # patient-level k-fold over labelled cases
     test_folds: list[int] = field(default_factory=lambda: [0])  # folds held out in turn; [0..4] = full CV
     val_fraction: float = 0.2  # of the non-test groups, for model selection (Dice)

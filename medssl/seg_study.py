@@ -23,7 +23,7 @@ from rich.console import Console
 
 from medssl.config import StudyConfig
 from medssl.data.segmentation import SegmentationData, load_segmentation, resolve_root
-from medssl.data.splits import assert_disjoint_groups, case_fraction, holdout_split, save_split
+from medssl.data.splits import assert_disjoint_groups, group_fraction, holdout_split, save_split
 from medssl.data.subsets import save_indices
 from medssl.engine import resolve_precision, seed_everything
 from medssl.engine.checkpoint import load_weights
@@ -114,8 +114,9 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
              fraction: float, init: str, weights: tuple, run_dir: Path) -> dict[str, Any]:
     """Fine-tune one model on a label fraction of the fold's training cases; test it."""
     seg, precision = cfg.segmentation, resolve_precision(cfg.engine.precision)
-    idx = case_fraction(split["train"], fraction, seed)
+    idx = group_fraction(split["train"], data.groups, fraction, seed)
     save_indices(run_dir / "subset_indices.json", idx, fraction=fraction, seed=seed, fold=fold,
+                 groups=sorted(set(data.groups[i] for i in idx)),
                  cases=[data.cases[i] for i in idx])
     seed_everything(seed)
     unet = new_unet(cfg, data)
@@ -141,6 +142,7 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
     overlays = [_overlay(data, run_dir, int(test[k]), p, f"{init}, {fraction:.0%} of labels, fold {fold}")
                 for k, p in enumerate(preds)]
     row = {"init": init, "fraction": fraction, "seed": seed, "fold": fold, "n_labelled": len(idx),
+           "n_labelled_groups": len(set(data.groups[i] for i in idx)),
            "n_test": len(test), "classes": data.class_names, **_metric_fields(means, data.class_names),
            **fit_stats, "test_seconds": time.perf_counter() - t0, "overlays": overlays,
            "encoder_tensors_loaded": len(loaded["encoder_loaded"]),

@@ -183,3 +183,21 @@ def test_pretraining_pool_tiles_2d_pads_3d_and_can_leave_out_test_cases():
     assert pool.shape == (2, 1, 6, 6, 8) and set(np.unique(pool.numpy())) == {0, 2}  # case 1 left out
     x, y = d3.stack([0, 2])
     assert x.shape == (2, 1, 6, 6, 8) and y.shape == (2, 6, 6, 8)
+
+
+def test_real_hippocampus_as_2d_slices(data_dir):
+    sets = ["segmentation.max_cases=4", "segmentation.slice_axis=0", "segmentation.crop=[64,48]",
+            "segmentation.sw_roi=[64,48]"]
+    cfg = load_config("configs/hippocampus.yaml", sets)
+    vols = validate_segmentation(load_config("configs/hippocampus.yaml", ["segmentation.max_cases=4"]))
+    data = validate_segmentation(cfg)
+    assert data.spatial_dims == 2 and data.shape == (64, 48)  # [48, 64, 48] without axis 0
+    with_fg = [k for v in vols.labels for k in range(v.shape[0]) if v[k].any()]
+    assert len(data) == len(with_fg) and all(lab.any() for lab in data.labels)
+    n_slices = sum(v.shape[0] for v in vols.images)
+    assert len(data) + len(data.unlabelled) == n_slices  # background-only slices: pretraining only
+    first = vols.cases[0]
+    k = int(data.cases[0].rsplit("_", 1)[1])
+    assert data.cases[0].startswith(first) and np.array_equal(data.images[0], vols.images[0][k])
+    assert set(data.groups) == set(vols.cases)  # splits stay per volume
+    assert data.spacings[0] == (1.0, 1.0)

@@ -127,6 +127,30 @@ def tiles(image: np.ndarray, size: int) -> np.ndarray:
     return padded.reshape(ny, size, nx, size).transpose(0, 2, 1, 3).reshape(-1, size, size)
 
 
+def slice_volumes(images: list[np.ndarray], labels: list[np.ndarray], spacings: list[tuple],
+                  cases: list[str], groups: list[str], axis: int) -> tuple:
+    """3D cases -> 2D slices along ``axis``: the slices with any foreground become labelled cases
+    (named ``<case>_<index>``, grouped with their volume so splits stay per patient); the
+    background-only slices are returned separately for the unlabelled pretraining pool.
+
+    Returns (images, labels, spacings, cases, groups, empty_slices).
+    """
+    if axis not in (0, 1, 2):
+        raise MedsslError(f"segmentation.slice_axis must be 0, 1 or 2, got {axis}")
+    out: tuple[list, ...] = ([], [], [], [], [], [])
+    for x, y, sp, case, group in zip(images, labels, spacings, cases, groups, strict=True):
+        xs, ys = np.moveaxis(x, axis, 0), np.moveaxis(y, axis, 0)
+        sp2 = tuple(s for a, s in enumerate(sp) if a != axis)
+        for k in range(len(xs)):
+            if not ys[k].any():
+                out[5].append(np.ascontiguousarray(xs[k]))
+                continue
+            for lst, v in zip(out[:5], (np.ascontiguousarray(xs[k]), np.ascontiguousarray(ys[k]), sp2,
+                                        f"{case}_{k:03d}", group), strict=True):
+                lst.append(v)
+    return out
+
+
 def resolve_root(dataset: str, path: str | None) -> Path:
     """``path`` if given, else ``$MEDSSL_DATA_DIR/<dataset>``."""
     if path:
@@ -199,7 +223,17 @@ def load_segmentation(name: str, root: Path, seg, size: int) -> SegmentationData
         extra = [_read_unlabelled(p, dims, seg) for p in files]
     cases = [stem(img) for img, _ in pairs]
     groups = [cases[i - i % seg.group_size] for i in range(len(cases))]  # blocks of neighbours
-    shape = tuple(seg.shape) if seg.shape else tuple(int(n) for n in np.max([x.shape for x in images], 0))
+    if seg.slice_axis is not None:
+        if dims != 3:
+            raise MedsslError(f"{root / seg.images}: slice_axis is for 3D volumes, not 2D images")
+        sliced = slice_volumes(images, labels, spacings, cases, groups, seg.slice_axis)
+        images, labels, spacings, cases, groups, empty = sliced
+        extra = [s for v in extra for s in np.moveaxis(v, seg.slice_axis, 0)] + empty
+        dims = 2
+    configured = seg.shape
+    if configured and seg.slice_axis is not None and len(configured) == 3:  # a 3D shape: slice it too
+        configured = [n for a, n in enumerate(configured) if a != seg.slice_axis]
+    shape = tuple(configured) if configured else tuple(int(n) for n in np.max([x.shape for x in images], 0))
     if len(shape) != dims:
         raise MedsslError(f"segmentation.shape {list(shape)} does not match {dims}D data")
     return SegmentationData(name, dims, size, shape, list(seg.class_names), cases, groups, images,

@@ -78,6 +78,20 @@ def case_fraction(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray
     return indices[pick]
 
 
+def group_fraction(indices: np.ndarray, groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """:func:`case_fraction` over the groups (patients/volumes) of ``indices``: every index of the
+    ``max(1, round(fraction * n_groups))`` picked groups, in ``indices`` order.
+
+    With one case per group this picks the same cases as ``case_fraction``; with 2D slices of
+    volumes, "1 case" means every slice of one volume.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    of = np.asarray(groups, dtype=object)[indices]
+    distinct = np.array(list(dict.fromkeys(of)), dtype=object)
+    picked = set(distinct[case_fraction(np.arange(len(distinct)), fraction, seed)])
+    return indices[[g in picked for g in of]]
+
+
 def assert_disjoint_groups(split: dict[str, np.ndarray], groups: Sequence[str]) -> None:
     """Raise if one group has samples in two splits (a patient-level leak)."""
     groups = np.asarray(groups, dtype=object)

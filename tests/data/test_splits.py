@@ -10,6 +10,7 @@ import pytest
 from medssl.data.splits import (
     assert_disjoint_groups,
     case_fraction,
+    group_fraction,
     group_kfold,
     holdout_split,
     load_split,
@@ -78,3 +79,16 @@ def test_split_file_roundtrip(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(MedsslError, match=re.escape("bad.json: not a valid split file")):
         load_split(tmp_path / "bad.json")
+
+
+def test_group_fraction_takes_whole_groups():
+    groups = ["a", "a", "a", "b", "b", "c", "c", "c", "d", "e"]
+    train = np.array([0, 1, 2, 3, 4, 5, 6, 7])  # groups a, b, c
+    one = group_fraction(train, groups, 0.01, seed=0)
+    assert len({groups[i] for i in one}) == 1  # "1 case" = one whole volume
+    g = groups[one[0]]
+    assert one.tolist() == [i for i in train if groups[i] == g]
+    assert group_fraction(train, groups, 1.0, seed=0).tolist() == train.tolist()
+    singles = [str(i) for i in range(10)]  # one case per group: the same picks as case_fraction
+    picks = group_fraction(np.arange(10), singles, 0.3, 5)
+    assert picks.tolist() == sorted(case_fraction(np.arange(10), 0.3, 5))

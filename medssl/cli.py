@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4, help="examples (rows), evenly spaced test images")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("show-distortions", help="PNG: distorted regions, predicted types/boxes, restored "
+                       "(a distortion_dense or distortion_maskrcnn run)")
+    p.add_argument("checkpoint", help="the pretrain or study run directory, or its checkpoint.safetensors")
+    p.add_argument("--out", default="distortions.png", help="PNG path (default: distortions.png)")
+    p.add_argument("--n", type=int, default=4, help="examples (rows), evenly spaced pretraining images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. data.path=... (repeatable)")
+
     sub.add_parser("models", help="registered backbones")
     sub.add_parser("methods", help="registered pretext methods and their options")
     return parser
@@ -122,6 +131,13 @@ def _cmd_show_corruptions(args: argparse.Namespace) -> None:
     console.print(f"corruption grid: {out}")
 
 
+def _cmd_show_distortions(args: argparse.Namespace) -> None:
+    from medssl.report.distortion_viz import show_distortions
+
+    out = show_distortions(args.checkpoint, Path(args.out), args.n, args.seed, args.set)
+    console.print(f"distortion figure: {out}")
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     from medssl.registry import backbone_names
 
@@ -138,7 +154,7 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 COMMANDS = {"study": _cmd_study, "pretrain": _cmd_pretrain, "report": _cmd_report,
             "data": _cmd_data, "models": _cmd_models, "methods": _cmd_methods,
-            "show-corruptions": _cmd_show_corruptions}
+            "show-corruptions": _cmd_show_corruptions, "show-distortions": _cmd_show_distortions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,8 @@ class PretrainConfig:
     warmup_epochs: float = 2.0
     method_args: dict[str, Any] = field(default_factory=dict)  # checked against the method's config
     checkpoint: str | None = None  # an encoder .safetensors to evaluate instead of pretraining
+    max_seconds: float | None = None  # wall-clock budget: stop after the step that passes it (the
+    # learning-rate schedule is still planned for `epochs`); for same-budget method comparisons
 
 
 @dataclass

@@ -117,3 +117,9 @@ def test_max_seconds_stops_after_the_step_that_runs_out_of_time():
     seed_everything(0)
     result = fit(tiny_simclr(), images(32), None, SPEC, None, 0, max_seconds=0.0)
     assert result.steps == 1 and math.isfinite(result.last_loss)  # 8 steps without the budget
+
+
+def test_max_seconds_still_writes_the_checkpoint(tmp_path):
+    seed_everything(0)
+    fit(tiny_simclr(), images(32), None, SPEC, tmp_path, 0, max_seconds=0.0, checkpoint_every=100)
+    assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "state.pt").exists()

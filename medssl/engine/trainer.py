@@ -124,7 +124,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
     epochs and after the last (``checkpoint.safetensors`` + ``state.pt``); ``resume`` continues from it.
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection).
     ``max_seconds`` stops training after the first step that ends past this wall-clock budget
-    (the epoch is closed as usual: callback, checkpoint), for same-budget benchmarks.
+    (the epoch is closed as usual: callback, and a checkpoint as after the last epoch), for
+    same-budget benchmarks.
     """
     per_epoch = steps_per_epoch(len(images), spec.batch_size, drop_last)
     if per_epoch == 0:
@@ -176,7 +177,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
                 extra = on_epoch_end(epoch) if on_epoch_end else {}
                 if log and extra:
                     log.write(json.dumps({"epoch": epoch, "step": step, **extra}) + "\n")
-                if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+                last = epoch + 1 == epochs or out_of_time
+                if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or last):
                     _save_checkpoint(model, optimizer, run_dir, epoch)
                 model.train()
                 if out_of_time:

@@ -16,6 +16,7 @@ from medssl.methods.context_restoration import ContextRestoration, ContextRestor
 from medssl.methods.denoising import Denoising, DenoisingConfig
 from medssl.methods.dino import DINO, DINOConfig
 from medssl.methods.distortion_dense import DistortionDense, DistortionDenseConfig
+from medssl.methods.distortion_maskrcnn import DistortionMaskRCNN, DistortionMaskRCNNConfig
 from medssl.methods.genesis import Genesis, GenesisConfig
 from medssl.methods.jigsaw import Jigsaw, JigsawConfig
 from medssl.methods.mae import MAE, MAEConfig
@@ -48,6 +49,7 @@ METHODS: dict[str, tuple[type[nn.Module], type]] = {
     "rubik": (Rubik, RubikConfig),
     "combo": (Combo, ComboConfig),
     "distortion_dense": (DistortionDense, DistortionDenseConfig),
+    "distortion_maskrcnn": (DistortionMaskRCNN, DistortionMaskRCNNConfig),
 }
 
 

@@ -109,6 +109,8 @@ class SegmentationConfig:
     encoder_lr_scale: float = 1.0  # ssl init: encoder learning rate = lr * this (0 < scale <= 1)
     load_decoder: bool = False  # also load decoder/head tensors from the pretraining checkpoint if present
     overlays: int = 2  # overlay PNGs per run (first test cases)
+    network: str = "unet"  # fine-tuned model: "unet" (encoder + U-Net decoder) or "maskrcnn" (2D instance
+    # route: the whole pretrained distortion_maskrcnn detector, fine-tuned on connected components)
 
 
 @dataclass

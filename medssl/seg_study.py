@@ -28,8 +28,10 @@ from medssl.data.subsets import save_indices
 from medssl.engine import resolve_precision, seed_everything
 from medssl.engine.checkpoint import load_weights
 from medssl.errors import MedsslError
+from medssl.eval.instance_finetune import InstanceSegNet, load_pretrained_detector
 from medssl.eval.segmentation import SegmentationNet, evaluate, load_pretrained, train_segmentation
 from medssl.methods import method_config
+from medssl.models.maskrcnn import build_mask_rcnn
 from medssl.models.unet import UNet
 from medssl.registry import create_backbone
 from medssl.report.overlays import save_overlay
@@ -61,6 +63,11 @@ def _check_config(cfg: StudyConfig) -> None:
         raise MedsslError("segmentation.pretrain_pool=train needs a single test fold (one pretraining)")
     if not 0 < seg.encoder_lr_scale <= 1:
         raise MedsslError(f"segmentation.encoder_lr_scale must be in (0, 1], got {seg.encoder_lr_scale}")
+    if seg.network not in ("unet", "maskrcnn"):
+        raise MedsslError(f"segmentation.network must be unet or maskrcnn, got '{seg.network}'")
+    if seg.network == "maskrcnn" and "ssl" in ft.inits and cfg.pretrain.method != "distortion_maskrcnn":
+        raise MedsslError("segmentation.network=maskrcnn fine-tunes a distortion_maskrcnn detector; "
+                          f"pretrain.method is '{cfg.pretrain.method}'")
     if seg.group_size < 1 or seg.val_checks < 1 or not 0 <= seg.sw_overlap < 1:
         raise MedsslError("segmentation: group_size and val_checks must be >= 1, sw_overlap in [0, 1)")
 
@@ -75,6 +82,8 @@ def validate_segmentation(cfg: StudyConfig) -> SegmentationData:
         value = getattr(seg, key)
         if value is not None and (len(value) != data.spatial_dims or min(value) < 1):
             raise MedsslError(f"segmentation.{key} {value}: need {data.spatial_dims} positive sizes")
+    if cfg.segmentation.network == "maskrcnn" and data.spatial_dims != 2:
+        raise MedsslError("segmentation.network=maskrcnn is 2D: set segmentation.slice_axis for volumes")
     new_unet(cfg, data)  # unknown backbone names fail here
     if cfg.pretrain.checkpoint:
         load_weights(Path(cfg.pretrain.checkpoint))
@@ -106,8 +115,31 @@ def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dic
         stats = {**pretrain(cfg, pool, work / "pretrain"), "pool": len(pool.train)}
         path, full = work / "pretrain" / "encoder.safetensors", work / "pretrain" / "checkpoint.safetensors"
     append_row(results, {"protocol": "pretrain", **info, **stats})
-    checkpoint = load_weights(full) if cfg.segmentation.load_decoder else None
+    whole = cfg.segmentation.load_decoder or cfg.segmentation.network == "maskrcnn"
+    checkpoint = load_weights(full) if whole else None
     return load_weights(path), checkpoint
+
+
+def new_instance_net(cfg: StudyConfig, data: SegmentationData, init: str,
+                     checkpoint: dict | None) -> tuple[InstanceSegNet, dict[str, list[str]]]:
+    """The instance route: a Mask R-CNN (detector sized like the pretraining one), loaded with every
+    pretrained detector tensor that fits for the ``ssl`` init; returns it and the key report."""
+    backbone = create_backbone(cfg.model.backbone, 2, data.in_channels, width=cfg.model.width,
+                               img_size=max(data.shape))
+    mc = method_config("distortion_maskrcnn", cfg.pretrain.method_args if init == "ssl" else {})
+    c = data.in_channels
+    detector = build_mask_rcnn(backbone, data.num_classes, max(data.shape), restoration=False,
+                               fpn_channels=mc.fpn_channels, image_mean=[mc.image_mean] * c,
+                               image_std=[mc.image_std] * c)
+    loaded = {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+    if init == "ssl":
+        report = load_pretrained_detector(detector, checkpoint)
+        loaded["encoder_loaded"] = [k for k in report["loaded"] if k.startswith("backbone.body.")]
+        loaded["decoder_loaded"] = [k for k in report["loaded"] if not k.startswith("backbone.body.")]
+        loaded["decoder_missing"] = sorted(set(detector.state_dict()) - set(report["loaded"]))
+        if not loaded["encoder_loaded"]:
+            raise MedsslError("the pretraining checkpoint holds no detector backbone weights")
+    return InstanceSegNet(detector, data.num_classes, cfg.finetune.augment), loaded
 
 
 def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, seed: int,
@@ -119,17 +151,22 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
                  groups=sorted(set(data.groups[i] for i in idx)),
                  cases=[data.cases[i] for i in idx])
     seed_everything(seed)
-    unet = new_unet(cfg, data)
-    loaded = {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+    if seg.network == "maskrcnn":
+        net, loaded = new_instance_net(cfg, data, init, weights[1])
+        roi = list(data.shape)  # whole (padded) images
+    else:
+        unet = new_unet(cfg, data)
+        loaded = {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+        if init == "ssl":
+            loaded = load_pretrained(unet, weights[0], weights[1])
+        net = SegmentationNet(unet, seg.crop, cfg.finetune.augment,
+                              freeze_encoder=seg.freeze_encoder and init == "ssl",
+                              encoder_lr_scale=seg.encoder_lr_scale if init == "ssl" else 1.0)
+        roi = seg.sw_roi or seg.crop
     if init == "ssl":
-        loaded = load_pretrained(unet, weights[0], weights[1])
         console.log(f"{run_dir.name}: loaded {len(loaded['encoder_loaded'])} encoder tensors"
-                    + (f"; decoder: {len(loaded['decoder_loaded'])} loaded, missing "
+                    + (f"; decoder/heads: {len(loaded['decoder_loaded'])} loaded, missing "
                        f"{loaded['decoder_missing'] or 'none'}" if weights[1] is not None else ""))
-    net = SegmentationNet(unet, seg.crop, cfg.finetune.augment,
-                          freeze_encoder=seg.freeze_encoder and init == "ssl",
-                          encoder_lr_scale=seg.encoder_lr_scale if init == "ssl" else 1.0)
-    roi = seg.sw_roi or seg.crop
     val = ([data.images[i] for i in split["val"]], [data.labels[i] for i in split["val"]])
     fit_stats = train_segmentation(net, data.stack(idx), val, cfg.finetune, run_dir, seed,
                                    data.num_classes, roi, seg.sw_overlap, precision,

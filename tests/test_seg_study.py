@@ -94,6 +94,38 @@ def test_tiny_2d_isbi_study(tmp_path, capsys, data_dir):
     assert (tmp_path / "i" / "report.md").is_file()
 
 
+TINY_SLICES = [*TINY, "segmentation.max_cases=10", "segmentation.val_fraction=0.25", "pretrain.max_seconds=5",
+               "finetune.fractions=[0.01]", "pretrain.batch_size=8"]
+
+
+@pytest.mark.slow
+def test_tiny_distortion_maskrcnn_study_unet_and_instance_routes(tmp_path, capsys, data_dir):
+    """Hippocampus as 2D slices: Self-supervised Mask R-CNN pretraining, then (a) its encoder in a
+    U-Net and (b) the whole detector fine-tuned as an instance segmenter (key report in the rows)."""
+    code = main(_args("configs/distortion/hippocampus_maskrcnn.yaml", tmp_path, "m", TINY_SLICES))
+    assert code == 0, capsys.readouterr().err
+    seg = _check_rows(_rows(tmp_path / "m"), 2, ["anterior", "posterior"])
+    subset = json.loads((tmp_path / "m/segment/fold0/ssl_f0.01_s0/subset_indices.json").read_text())
+    assert len(subset["groups"]) == 1 and len(subset["indices"]) > 1  # 1 volume = all its slices
+    ckpt = tmp_path / "m" / "pretrain" / "checkpoint.safetensors"
+    sets = [*TINY_SLICES, "segmentation.network=maskrcnn", f"pretrain.checkpoint={ckpt}"]
+    code = main(_args("configs/distortion/hippocampus_maskrcnn.yaml", tmp_path, "inst", sets))
+    assert code == 0, capsys.readouterr().err
+    inst = _check_rows(_rows(tmp_path / "inst"), 2, ["anterior", "posterior"])
+    ssl = next(r for r in inst if r["init"] == "ssl")
+    assert ssl["encoder_tensors_loaded"] == seg[0]["encoder_tensors_loaded"]  # the same backbone
+    assert ssl["decoder_tensors_loaded"] > 20  # FPN, RPN, box and mask heads (not the class layers)
+
+
+@pytest.mark.slow
+def test_tiny_distortion_dense_3d_study(tmp_path, capsys, data_dir):
+    sets = [*TINY_3D, "model.backbone=resnet18_small", "pretrain.max_seconds=5", "finetune.fractions=[0.01]"]
+    code = main(_args("configs/distortion/hippocampus_dense.yaml", tmp_path, "d", sets))
+    assert code == 0, capsys.readouterr().err
+    seg = _check_rows(_rows(tmp_path / "d"), 2, ["anterior", "posterior"])
+    assert next(r for r in seg if r["init"] == "ssl")["decoder_tensors_loaded"] > 0  # load_decoder
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -146,7 +178,9 @@ def test_bad_segmentation_data_is_a_one_line_error_and_nothing_is_written(tmp_pa
 def test_config_mistakes_fail_before_any_data_is_read(tmp_path, capsys):
     for sets, needle in ((["segmentation.class_names=[a]"], "1 names for 2 foreground classes"),
                          (["segmentation.test_folds=[5]"], "test_folds [5]"),
-                         (["task=detection"], "task must be classification or segmentation")):
+                         (["task=detection"], "task must be classification or segmentation"),
+                         (["segmentation.network=maskrcnn"], "fine-tunes a distortion_maskrcnn detector"),
+                         (["segmentation.network=yolo"], "network must be unet or maskrcnn")):
         code = main(_args("configs/hippocampus.yaml", tmp_path, "bad", [*sets, "data.path=/nonexistent"]))
         err = capsys.readouterr().err
         assert code == 2 and needle in err, err

@@ -88,3 +88,50 @@ def load_pretrained_detector(finetune_model: nn.Module,
              if k in target and isinstance(v, torch.Tensor) and v.shape == target[k].shape}
     finetune_model.load_state_dict(match, strict=False)
     return {"loaded": sorted(match), "skipped": sorted(set(source) - set(match))}
+
+
+class InstanceSegNet(nn.Module):
+    """A torchvision Mask R-CNN fine-tuned on class maps, usable wherever a U-Net segmenter is.
+
+    ``training_step`` takes {"image": float [B, C, H, W] in [0, 1], "label": uint8 [B, H, W]}
+    (whole images, random flips), turns each label map into instances and returns the detector's
+    summed losses. ``forward`` (eval) returns one-hot class scores [B, K, H, W] painted from the
+    detections (``instances_to_semantic``), so sliding-window inference and the Dice metrics of
+    the segmentation pipeline apply unchanged. ``core`` is the detector (the weights to keep).
+    """
+
+    def __init__(self, detector: nn.Module, num_classes: int, augment: bool = True,
+                 score_threshold: float = 0.5) -> None:
+        super().__init__()
+        self.detector, self.num_classes = detector, num_classes
+        self.augment, self.score_threshold = augment, score_threshold
+
+    @property
+    def core(self) -> nn.Module:
+        return self.detector
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from medssl.eval.segmentation import random_flips
+        from medssl.models.maskrcnn import run_detector
+
+        x, y = batch["image"], batch["label"]
+        if self.augment:
+            x, y = random_flips(x, y)
+        targets = [semantic_to_instances(label, self.num_classes) for label in y]
+        losses = run_detector(self.detector, list(x.float()), targets)
+        loss = sum(v.float() for v in losses.values())
+        return {"loss": loss, **{k: v.detach().float() for k, v in losses.items()}}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from medssl.models.maskrcnn import run_detector
+
+        was_training = self.detector.training
+        self.detector.eval()
+        try:
+            with torch.no_grad():
+                dets = run_detector(self.detector, list(x.float()))
+        finally:
+            self.detector.train(was_training)
+        shape, k = tuple(x.shape[2:]), self.num_classes
+        maps = torch.stack([instances_to_semantic(d, shape, k, self.score_threshold) for d in dets])
+        return nn.functional.one_hot(maps, self.num_classes).movedim(-1, 1).float()

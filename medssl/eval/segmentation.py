@@ -95,6 +95,11 @@ class SegmentationNet(nn.Module):
         if freeze_encoder:
             unet.backbone.requires_grad_(False)
 
+    @property
+    def core(self) -> nn.Module:
+        """The module whose weights are the result (the U-Net)."""
+        return self.unet
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x)
 
@@ -188,14 +193,15 @@ def evaluate(model: nn.Module, images: Sequence[np.ndarray], labels: Sequence[np
     return means, kept
 
 
-def train_segmentation(net: SegmentationNet, train: tuple[torch.Tensor, torch.Tensor],
+def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                        val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]], spec, run_dir: Path,
                        seed: int, num_classes: int, roi: Sequence[int], overlap: float,
                        precision: torch.dtype | None = None, min_steps: int = 0,
                        val_checks: int = 5) -> dict[str, float]:
     """Fit ``net`` on ``train`` (uint8 images ``[N, 1, *S]``, uint8 labels ``[N, *S]``); evaluate
     mean foreground Dice on ``val`` (native-shape cases) ``val_checks`` times and keep the best
-    weights (loaded into ``net`` on return; the U-Net is saved as ``run_dir/model.safetensors``).
+    weights (loaded into ``net`` on return; ``net.core``, the U-Net or detector, is saved as
+    ``run_dir/model.safetensors``). ``net``: a ``SegmentationNet`` or an ``InstanceSegNet``.
 
     Returns:
         ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``.
@@ -215,14 +221,14 @@ def train_segmentation(net: SegmentationNet, train: tuple[torch.Tensor, torch.Te
         means = evaluate(net, *val, num_classes, roi, overlap, None, precision, hd95=False)[0]
         dice = float(np.nan_to_num(np.nanmean(means["dice"]), nan=0.0))
         if best["state"] is None or dice > best["dice"]:
-            best.update(dice=dice, epoch=epoch, state=copy.deepcopy(net.unet.state_dict()))
+            best.update(dice=dice, epoch=epoch, state=copy.deepcopy(net.core.state_dict()))
         return {"val_dice": dice}
 
     result = fit(net, images, labels, spec, run_dir, seed, precision=precision, channels_last=False,
                  drop_last=False, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
                  on_epoch_end=select)
-    net.unet.load_state_dict(best["state"])
-    save_weights(net.unet, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
+    net.core.load_state_dict(best["state"])
+    save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
     return {"best_epoch": best["epoch"], "val_dice": best["dice"], "seconds": result.seconds,
             "steps": result.steps}
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from medssl.errors import MedsslError
 from medssl.methods._common import GeneratorState, new_generator, save_shared_once
-from medssl.models.maskrcnn import build_mask_rcnn
+from medssl.models.maskrcnn import build_mask_rcnn, run_detector
 from medssl.transforms.augment import ViewAugment
 from medssl.transforms.corruptions.regions import (
     DISTORTION_TYPES,
@@ -89,21 +89,7 @@ class DistortionMaskRCNN(GeneratorState, nn.Module):
         return distort_regions(x, self.generator, c.max_regions, c.min_frac, c.max_frac, tuple(c.types))
 
     def _run(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> object:
-        """The detector with only the backbone + FPN under the caller's autocast.
-
-        Why: under CPU bf16 autocast torchvision decodes the RPN's bf16 box deltas into bf16
-        proposals and casts the ground-truth boxes to them (0.25-1 px steps at 64-256 px), so the
-        box matching, regression targets and RoI coordinates lose precision. The backbone + FPN
-        (most of the compute) keep bf16; anchors, boxes, heads and losses run in fp32, which
-        costs ~15% of a step at 64 px.
-        """
-        body = self.detector.backbone
-        body.autocast_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-        try:
-            with torch.autocast("cpu", enabled=False):
-                return self.detector(images, targets)
-        finally:
-            body.autocast_dtype = None
+        return run_detector(self.detector, images, targets)
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]

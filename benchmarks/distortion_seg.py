@@ -9,6 +9,7 @@ reused, so the benchmark can run in pieces::
 
     python benchmarks/distortion_seg.py --datasets isbi2012          # ~20 min on 2 cores
     python benchmarks/distortion_seg.py --datasets hippocampus_3d,hippocampus_2d
+    python benchmarks/distortion_seg.py --datasets hippocampus_2d_instance   # after hippocampus_2d
 
 Writes ``benchmarks/results/distortion_seg.{json,md}``: Dice mean ± 95% CI (t over seeds) per
 dataset, fraction and init, the relative SSL-over-scratch gain (the paper reports ~+20% Dice on
@@ -34,6 +35,8 @@ from medssl.study import run_study
 
 GENESIS = ["pretrain.method=genesis", "pretrain.method_args={}"]
 DENSE_2D = ["pretrain.method=distortion_dense", "segmentation.load_decoder=true"]
+INSTANCE = ["segmentation.network=maskrcnn", "finetune.fractions=[0.01,0.1]", "finetune.batch_size=8",
+            "finetune.min_steps=100"]
 # dataset -> (config, {init name: overrides}); "scratch" trains from random init only.
 ENTRIES = {
     "isbi2012": ("configs/distortion/isbi2012_dense.yaml", {
@@ -52,6 +55,12 @@ ENTRIES = {
         "distortion_maskrcnn": [],
         "distortion_dense": DENSE_2D,
     }),
+    # fine-tuning (b): the whole detector, reusing hippocampus_2d's Mask R-CNN pretraining
+    "hippocampus_2d_instance": ("configs/distortion/hippocampus_maskrcnn.yaml", {
+        "scratch": [*INSTANCE, "finetune.inits=[scratch]"],
+        "distortion_maskrcnn": [*INSTANCE, "pretrain.checkpoint={runs}/hippocampus_2d_distortion_maskrcnn/"
+                                "pretrain/checkpoint.safetensors"],
+    }),
 }
 
 
@@ -63,7 +72,7 @@ def run_entry(dataset: str, init: str, out: Path, extra: list[str]) -> Path:
     if (run / "results.jsonl").exists():
         print(f"reusing {run}")
         return run
-    sets = [f"name={name}", f"output_dir={out}", *variants[init], *extra]
+    sets = [f"name={name}", f"output_dir={out}", *(v.format(runs=out) for v in variants[init]), *extra]
     if init != "scratch":
         sets.append("finetune.inits=[ssl]")
     return run_study(load_config(config, sets), overwrite=True)

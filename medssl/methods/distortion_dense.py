@@ -9,7 +9,7 @@ Loss = ``type_weight`` x cross-entropy(type map) + ``restore_weight`` x reconstr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +20,13 @@ from medssl.losses import reconstruction_loss
 from medssl.methods._common import GeneratorState, new_generator, save_shared_once
 from medssl.models.unet import UNet
 from medssl.transforms.augment import ViewAugment
-from medssl.transforms.corruptions.regions import DISTORTION_TYPES, DistortedRegions, distort_regions
+from medssl.transforms.corruptions.regions import DISTORTION_TYPES, DistortedRegions, RegionArgs
 
 
 @dataclass
-class DistortionDenseConfig:
-    max_regions: int = 3  # 1..max_regions disjoint distorted boxes per image
-    min_frac: float = 0.15  # box side, fraction of the image side
-    max_frac: float = 0.4
-    types: list[str] = field(default_factory=lambda: list(DISTORTION_TYPES))
+class DistortionDenseConfig(RegionArgs):  # + max_regions, min_frac, max_frac, types, restore_loss (mse)
     type_weight: float = 1.0
     restore_weight: float = 1.0
-    restore_loss: str = "mse"  # "mse" or "l1"
     augment: bool = False  # view augmentation before distorting
 
 
@@ -46,12 +41,7 @@ class DistortionDense(GeneratorState, nn.Module):
         if not hasattr(backbone, "stages"):
             raise MedsslError("distortion_dense needs a CNN backbone with stages() for its U-Net decoder "
                               f"(e.g. resnet18_small); got {type(backbone).__name__}")
-        if cfg.restore_loss not in ("mse", "l1"):
-            raise MedsslError(f"distortion_dense: restore_loss must be mse or l1, got '{cfg.restore_loss}'")
-        unknown = sorted(set(cfg.types) - set(DISTORTION_TYPES))
-        if unknown or not cfg.types:
-            raise MedsslError(f"distortion_dense: unknown distortion types {unknown}; "
-                              f"known: {', '.join(DISTORTION_TYPES)}")
+        cfg.check("distortion_dense")
         self.backbone, self.cfg = backbone, cfg
         self.num_types = len(DISTORTION_TYPES) + 1  # labels index all types, whatever subset is used
         self.net = UNet(backbone, self.num_types + backbone.in_channels)
@@ -60,8 +50,7 @@ class DistortionDense(GeneratorState, nn.Module):
         save_shared_once(self)
 
     def distort(self, x: torch.Tensor) -> DistortedRegions:
-        c = self.cfg
-        return distort_regions(x, self.generator, c.max_regions, c.min_frac, c.max_frac, tuple(c.types))
+        return self.cfg.distort(x, self.generator)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(type logits [B, K + 1, *S], restored image [B, C, *S] in [0, 1]) for a distorted x."""

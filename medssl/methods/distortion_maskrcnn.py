@@ -10,7 +10,7 @@ For volumes use ``distortion_dense`` (its dense U-Net counterpart).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,22 +19,13 @@ from medssl.errors import MedsslError
 from medssl.methods._common import GeneratorState, new_generator, save_shared_once
 from medssl.models.maskrcnn import build_mask_rcnn, run_detector
 from medssl.transforms.augment import ViewAugment
-from medssl.transforms.corruptions.regions import (
-    DISTORTION_TYPES,
-    DistortedRegions,
-    distort_regions,
-    xyxy_boxes,
-)
+from medssl.transforms.corruptions.regions import DISTORTION_TYPES, DistortedRegions, RegionArgs, xyxy_boxes
 
 
 @dataclass
-class DistortionMaskRCNNConfig:
-    max_regions: int = 3  # 1..max_regions disjoint distorted boxes per image
-    min_frac: float = 0.15  # box side, fraction of the image side
-    max_frac: float = 0.4
-    types: list[str] = field(default_factory=lambda: list(DISTORTION_TYPES))
-    restore_weight: float = 1.0
+class DistortionMaskRCNNConfig(RegionArgs):  # + max_regions, min_frac, max_frac, types
     restore_loss: str = "l1"  # "l1" or "mse"
+    restore_weight: float = 1.0
     augment: bool = False  # view augmentation before distorting
     fpn_channels: int = 64  # FPN and head width
     image_mean: float = 0.5  # the detector's input normalisation, the same for every channel
@@ -67,13 +58,7 @@ class DistortionMaskRCNN(GeneratorState, nn.Module):
         if not hasattr(backbone, "stages"):
             raise MedsslError("distortion_maskrcnn needs a CNN backbone with stages() for its FPN "
                               f"(e.g. resnet18_small); got {type(backbone).__name__}")
-        if cfg.restore_loss not in ("mse", "l1"):
-            raise MedsslError(f"distortion_maskrcnn: restore_loss must be mse or l1, "
-                              f"got '{cfg.restore_loss}'")
-        unknown = sorted(set(cfg.types) - set(DISTORTION_TYPES))
-        if unknown or not cfg.types:
-            raise MedsslError(f"distortion_maskrcnn: unknown distortion types {unknown}; "
-                              f"known: {', '.join(DISTORTION_TYPES)}")
+        cfg.check("distortion_maskrcnn")
         self.backbone, self.cfg = backbone, cfg  # registered first: its keys win in save_shared_once
         c = backbone.in_channels
         self.detector = build_mask_rcnn(
@@ -85,8 +70,7 @@ class DistortionMaskRCNN(GeneratorState, nn.Module):
         save_shared_once(self)
 
     def distort(self, x: torch.Tensor) -> DistortedRegions:
-        c = self.cfg
-        return distort_regions(x, self.generator, c.max_regions, c.min_frac, c.max_frac, tuple(c.types))
+        return self.cfg.distort(x, self.generator)
 
     def _run(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> object:
         return run_detector(self.detector, images, targets)

@@ -96,9 +96,9 @@ def find_run(path: Path) -> tuple[Path, Path]:
     return config, ckpt
 
 
-def load_restorer(cfg: StudyConfig, ckpt: Path, spatial_dims: int, in_channels: int,
-                  size: int) -> tuple[nn.Module, str]:
-    """The pretrained restorative module (or the restorative task of a combination) and its name."""
+def load_pretext(cfg: StudyConfig, ckpt: Path, spatial_dims: int, in_channels: int,
+                 size: int) -> nn.Module:
+    """The run's pretext module (``cfg.pretrain.method`` around its backbone) with ``ckpt``'s weights."""
     from medssl.methods import create_method
     from medssl.registry import create_backbone
 
@@ -110,6 +110,13 @@ def load_restorer(cfg: StudyConfig, ckpt: Path, spatial_dims: int, in_channels: 
     except RuntimeError as err:
         raise MedsslError(f"{ckpt}: does not match {cfg.pretrain.method} on this dataset "
                           f"({str(err).splitlines()[0]})") from None
+    return model
+
+
+def load_restorer(cfg: StudyConfig, ckpt: Path, spatial_dims: int, in_channels: int,
+                  size: int) -> tuple[nn.Module, str]:
+    """The pretrained restorative module (or the restorative task of a combination) and its name."""
+    model = load_pretext(cfg, ckpt, spatial_dims, in_channels, size)
     tasks = dict(getattr(model, "tasks", {}) or {cfg.pretrain.method: model})
     name = next((n for n, t in tasks.items() if hasattr(t, "restore")), None)
     if name is None:

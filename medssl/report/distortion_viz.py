@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from medssl.config import StudyConfig, load_config
-from medssl.engine.checkpoint import load_weights
 from medssl.errors import MedsslError
-from medssl.report.corruption_grid import find_run
+from medssl.report.corruption_grid import find_run, load_pretext
 from medssl.transforms.corruptions.regions import DISTORTION_TYPES
 
 COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"]  # one per type
@@ -31,22 +30,6 @@ def _pool(cfg: StudyConfig) -> torch.Tensor:
     from medssl.data.medmnist import load_medmnist
 
     return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path).test.images
-
-
-def load_model(cfg: StudyConfig, ckpt: Path, spatial_dims: int, in_channels: int,
-               size: int) -> torch.nn.Module:
-    from medssl.methods import create_method
-    from medssl.registry import create_backbone
-
-    backbone = create_backbone(cfg.model.backbone, spatial_dims, in_channels, width=cfg.model.width,
-                               img_size=size)
-    model = create_method(cfg.pretrain.method, backbone, spatial_dims, size, cfg.pretrain.method_args)
-    try:
-        model.load_state_dict(load_weights(ckpt))
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise MedsslError(f"{ckpt}: does not match {cfg.pretrain.method} ({first})") from None
-    return model.eval()
 
 
 def _mid(x: torch.Tensor) -> torch.Tensor:
@@ -146,5 +129,5 @@ def show_distortions(checkpoint: str, out: Path, n: int = 4, seed: int = 0,
     pool = _pool(cfg)
     pick = torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()
     images = pool[pick].float() / 255
-    model = load_model(cfg, ckpt, images.dim() - 2, images.shape[1], cfg.data.size)
+    model = load_pretext(cfg, ckpt, images.dim() - 2, images.shape[1], cfg.data.size).eval()
     return distortion_figure(model, images, out, seed)

@@ -9,10 +9,12 @@ each distortion reuses the whole-image corruptions of this package, composited i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
+from medssl.errors import MedsslError
 from medssl.transforms.corruptions.base import box_mask, random_boxes, uniform
 from medssl.transforms.corruptions.genesis import local_pixel_shuffle, nonlinear_intensity
 from medssl.transforms.corruptions.noise import blur, gaussian_noise
@@ -122,3 +124,28 @@ def distort_regions(x: torch.Tensor, generator: torch.Generator, max_regions: in
 def xyxy_boxes(boxes: torch.Tensor) -> torch.Tensor:
     """2D boxes [..., 4], tensor order ``(y0, x0, y1, x1)`` -> torchvision's float ``(x0, y0, x1, y1)``."""
     return boxes[..., [1, 0, 3, 2]].float()
+
+
+@dataclass
+class RegionArgs:
+    """Options every distortion-localisation method shares (its config dataclass extends this)."""
+
+    max_regions: int = 3  # 1..max_regions disjoint distorted boxes per image
+    min_frac: float = 0.15  # box side, fraction of the image side
+    max_frac: float = 0.4
+    types: list[str] = field(default_factory=lambda: list(DISTORTION_TYPES))
+    restore_loss: str = "mse"  # "mse" or "l1"
+
+    def check(self, method: str) -> None:
+        """MedsslError naming ``method`` for unknown types or losses."""
+        if self.restore_loss not in ("mse", "l1"):
+            raise MedsslError(f"{method}: restore_loss must be mse or l1, got '{self.restore_loss}'")
+        unknown = sorted(set(self.types) - set(DISTORTION_TYPES))
+        if unknown or not self.types:
+            raise MedsslError(f"{method}: unknown distortion types {unknown}; "
+                              f"known: {', '.join(DISTORTION_TYPES)}")
+
+    def distort(self, x: torch.Tensor, generator: torch.Generator) -> DistortedRegions:
+        """``distort_regions`` with these options."""
+        types = tuple(self.types)
+        return distort_regions(x, generator, self.max_regions, self.min_frac, self.max_frac, types)

@@ -72,7 +72,8 @@ def run_entry(dataset: str, init: str, out: Path, extra: list[str]) -> Path:
     if (run / "results.jsonl").exists():
         print(f"reusing {run}")
         return run
-    sets = [f"name={name}", f"output_dir={out}", *(v.format(runs=out) for v in variants[init]), *extra]
+    entry = [v.replace("{runs}", str(out)) for v in variants[init]]
+    sets = [f"name={name}", f"output_dir={out}", *entry, *extra]
     if init != "scratch":
         sets.append("finetune.inits=[ssl]")
     return run_study(load_config(config, sets), overwrite=True)

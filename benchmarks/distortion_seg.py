@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import stats
 
 from medssl.config import load_config
@@ -160,8 +161,6 @@ def main() -> None:
             t = time.perf_counter()
             run_entry(dataset, init, runs, args.set)
             print(f"{dataset} {init}: {time.perf_counter() - t:.0f} s", flush=True)
-    import torch
-
     meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "torch": torch.__version__,
             "machine": platform.machine(), "this_invocation_seconds": time.perf_counter() - t0}
     table = summarise(runs)

@@ -120,6 +120,11 @@ def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dic
     return load_weights(path), checkpoint
 
 
+def nothing_loaded() -> dict[str, list[str]]:
+    """The key report of a model that loaded no pretrained tensors (scratch init)."""
+    return {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+
+
 def new_instance_net(cfg: StudyConfig, data: SegmentationData, init: str,
                      checkpoint: dict | None) -> tuple[InstanceSegNet, dict[str, list[str]]]:
     """The instance route: a Mask R-CNN (detector sized like the pretraining one), loaded with every
@@ -131,7 +136,7 @@ def new_instance_net(cfg: StudyConfig, data: SegmentationData, init: str,
     detector = build_mask_rcnn(backbone, data.num_classes, max(data.shape), restoration=False,
                                fpn_channels=mc.fpn_channels, image_mean=[mc.image_mean] * c,
                                image_std=[mc.image_std] * c)
-    loaded = {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+    loaded = nothing_loaded()
     if init == "ssl":
         report = load_pretrained_detector(detector, checkpoint)
         loaded["encoder_loaded"] = [k for k in report["loaded"] if k.startswith("backbone.body.")]
@@ -156,7 +161,7 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
         roi = list(data.shape)  # whole (padded) images
     else:
         unet = new_unet(cfg, data)
-        loaded = {"encoder_loaded": [], "decoder_loaded": [], "decoder_missing": []}
+        loaded = nothing_loaded()
         if init == "ssl":
             loaded = load_pretrained(unet, weights[0], weights[1])
         net = SegmentationNet(unet, seg.crop, cfg.finetune.augment,

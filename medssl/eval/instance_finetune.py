@@ -16,6 +16,9 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from medssl.eval.segmentation import random_flips
+from medssl.models.maskrcnn import run_detector
+
 
 def semantic_to_instances(label_map: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     """Detection targets from a class map [H, W] (0 = background, classes 1..num_classes - 1).
@@ -111,9 +114,6 @@ class InstanceSegNet(nn.Module):
         return self.detector
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from medssl.eval.segmentation import random_flips
-        from medssl.models.maskrcnn import run_detector
-
         x, y = batch["image"], batch["label"]
         if self.augment:
             x, y = random_flips(x, y)
@@ -123,8 +123,6 @@ class InstanceSegNet(nn.Module):
         return {"loss": loss, **{k: v.detach().float() for k, v in losses.items()}}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from medssl.models.maskrcnn import run_detector
-
         was_training = self.detector.training
         self.detector.eval()
         try:

@@ -151,14 +151,18 @@ def case_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int,
         hd95: compute HD95 (the slowest of the three; skipped for model selection).
 
     Returns:
-        {"dice", "iou", "hd95"} -> float arrays ``[K-1]``. Dice/IoU are NaN where both maps lack
-        the class; HD95 is NaN where both lack it and the image diagonal where only one has it
-        (MONAI returns NaN there, which would hide a missed structure).
+        {"dice", "iou", "hd95"} -> float arrays ``[K-1]``. Empty-empty rule: where neither map
+        has the class, all three are NaN (the case is left out of NaN-aware means). Where only
+        one map has it (a missed structure or a false positive), Dice and IoU are 0 and HD95 is
+        the image diagonal (MONAI gives NaN for both, which would hide the error).
     """
     p = F.one_hot(torch.as_tensor(pred, dtype=torch.long), num_classes).movedim(-1, 0)[None].float()
     g = F.one_hot(torch.as_tensor(target, dtype=torch.long), num_classes).movedim(-1, 0)[None].float()
-    dice = DiceMetric(include_background=False, reduction="none")(p, g)[0].numpy()
-    iou = MeanIoU(include_background=False, reduction="none")(p, g)[0].numpy()
+    in_p, in_g = p[0, 1:].flatten(1).any(1).numpy(), g[0, 1:].flatten(1).any(1).numpy()
+    # ignore_empty=False scores an empty target 1.0 (empty-empty) or 0.0 (false positive)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(p, g)[0].numpy()
+    iou = MeanIoU(include_background=False, reduction="none", ignore_empty=False)(p, g)[0].numpy()
+    dice, iou = (np.where(in_p | in_g, m, np.nan) for m in (dice, iou))
     if not hd95:
         return {"dice": dice.astype(float), "iou": iou.astype(float)}
     spacing = list(spacing) if spacing is not None else [1.0] * pred.ndim
@@ -167,7 +171,6 @@ def case_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int,
         hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
             p, g, spacing=spacing)[0].numpy()
     diagonal = float(np.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing, strict=True))))
-    in_p, in_g = p[0, 1:].flatten(1).any(1).numpy(), g[0, 1:].flatten(1).any(1).numpy()
     hd = np.where(in_p != in_g, diagonal, np.where(in_p | in_g, hd, np.nan))
     return {"dice": dice.astype(float), "iou": iou.astype(float), "hd95": hd.astype(float)}
 

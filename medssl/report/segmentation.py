@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+EMPTY_RULE = ("Per case and class: a structure in only one of prediction and ground truth (missed or "
+              "false positive) scores Dice 0, IoU 0 and HD95 = the image diagonal; a class in neither "
+              "is NaN for that case and left out of the class's mean over cases.")
+
 
 def summarise_segmentation(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, tuple]]:
     """(init, fraction) -> metric -> (mean, sample std, n runs) over seeds x folds (NaNs skipped)."""
@@ -93,7 +97,8 @@ def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path
     lines += [f"U-Net decoder on backbone `{meta.get('backbone')}` (width {meta.get('width')}). "
               f"Held-out test fold(s) {folds} of patient-level k-fold; model selected on validation "
               "Dice. Mean ± sample std over seeds × folds; HD95 in mm (pixels for 2D images). "
-              "Label fraction = fraction of the fold's labelled training cases.", ""]
+              "Label fraction = fraction of the fold's labelled training cases.", "",
+              EMPTY_RULE, ""]
     ssl = next((r for r in seg if r["init"] == "ssl"), None)
     if ssl:
         lines += [f"SSL init: {ssl.get('encoder_tensors_loaded')} encoder tensors loaded from the "

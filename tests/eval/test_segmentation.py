@@ -55,6 +55,53 @@ def test_missed_structure_scores_zero_dice_and_the_diagonal_hd95():
     assert m["dice"][0] == 0 and m["hd95"][0] == pytest.approx(5.0)  # sqrt(3^2 + 4^2)
 
 
+def test_a_false_positive_scores_zero_dice_and_iou_and_the_diagonal_hd95():
+    target = np.zeros((3, 4), np.uint8)
+    target[0, 0] = 1  # class 1 right; class 2 only in the prediction; class 3 in neither
+    pred = target.copy()
+    pred[2, 3] = 2
+    m = case_metrics(pred, target, 4, spacing=(1.0, 1.0))
+    assert list(m["dice"][:2]) == [1.0, 0.0] and list(m["iou"][:2]) == [1.0, 0.0]
+    assert m["hd95"][:2] == pytest.approx([0.0, 5.0])
+    assert all(np.isnan(m[k][2]) for k in ("dice", "iou", "hd95"))  # empty-empty: NaN everywhere
+
+
+def test_3d_dice_iou_hd95_match_hand_computed_values():
+    target = np.zeros((8, 8, 8), np.uint8)
+    target[2:6, 2:6, 2:6] = 1  # 64 voxels
+    pred = np.roll(target, 1, axis=0)  # 48 of them overlap
+    pred[0, 0, 0] = 2  # a false positive of class 2
+    m = case_metrics(pred, target, 3, spacing=(2.5, 1.0, 1.0))
+    assert m["dice"] == pytest.approx([2 * 48 / 128, 0.0])
+    assert m["iou"] == pytest.approx([48 / 80, 0.0])
+    # 16 of the 56 surface voxels on either side are one slice (2.5 mm) off, the rest 0: 95th pct = 2.5
+    assert m["hd95"] == pytest.approx([2.5, np.sqrt(20 ** 2 + 8 ** 2 + 8 ** 2)])
+    empty = case_metrics(np.zeros_like(target), np.zeros_like(target), 2)
+    assert all(np.isnan(empty[k][0]) for k in ("dice", "iou", "hd95"))
+
+
+def test_case_means_count_false_positives_and_skip_empty_empty_cases():
+    target = np.zeros((8, 8), np.uint8)
+    target[2:6, 2:6] = 1
+    hit = (target * 200 + 20).astype(np.uint8)  # Threshold finds the square exactly
+    spurious = np.full((8, 8), 20, np.uint8)
+    spurious[0, 0] = 200  # Threshold predicts one foreground pixel on an empty target
+    blank = np.full((8, 8), 20, np.uint8)
+    empty = np.zeros_like(target)
+    means = evaluate(Threshold(), [hit, spurious], [target, empty], 2, (8, 8), 0.25)[0]
+    assert means["dice"][0] == 0.5 and means["iou"][0] == 0.5  # (1 + 0) / 2
+    means = evaluate(Threshold(), [hit, blank], [target, empty], 2, (8, 8), 0.25)[0]
+    assert means["dice"][0] == 1.0 and means["hd95"][0] == 0.0  # the empty-empty case is left out
+
+
+def test_the_report_states_the_empty_class_rule(tmp_path):
+    from medssl.report.segmentation import write_segmentation_report
+    row = {"protocol": "segmentation", "init": "ssl", "fraction": 1.0, "fold": 0, "seed": 0,
+           "classes": ["a"], "dice_a": 0.5, "dice_mean": 0.5, "seconds": 1.0}
+    text = write_segmentation_report(tmp_path, [row]).read_text()
+    assert "false positive) scores Dice 0" in text and "in neither is NaN" in text
+
+
 def test_random_patches_keep_image_and_mask_aligned_and_pad_small_cases():
     x = torch.arange(2 * 10 * 12, dtype=torch.float32).reshape(2, 1, 10, 12)
     y = x[:, 0].long()

@@ -44,6 +44,7 @@ class EngineConfig:
     channels_last: bool | None = None  # None: on with bf16, off in fp32 (see resolve_channels_last)
     log_every: int = 10  # optimisation steps between log lines
     checkpoint_every: int = 10  # pretraining epochs between checkpoints (and after the last)
+    checkpoint_steps: int = 0  # also a checkpoint every this many steps, mid-epoch (0: epochs only)
 
 
 @dataclass

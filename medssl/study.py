@@ -94,7 +94,8 @@ def pretrain(cfg: StudyConfig, data: MedMNIST, run_dir: Path, resume: bool = Fal
                  precision=resolve_precision(cfg.engine.precision),
                  channels_last=cfg.engine.channels_last, log_every=cfg.engine.log_every,
                  desc=f"pretrain {cfg.pretrain.method}", resume=resume,
-                 checkpoint_every=cfg.engine.checkpoint_every, max_seconds=cfg.pretrain.max_seconds)
+                 checkpoint_every=cfg.engine.checkpoint_every,
+                 checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds)
     save_weights(backbone, run_dir / "encoder.safetensors",
                  {"method": cfg.pretrain.method, "backbone": cfg.model.backbone})
     console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "

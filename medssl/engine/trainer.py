@@ -6,6 +6,7 @@ and calls ``model.training_step(batch) -> {"loss": tensor, **logs}``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -22,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from medssl.engine.checkpoint import load_state, load_weights, save_state, save_weights
+from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
 from medssl.engine.schedules import cosine_schedule
 from medssl.errors import MedsslError
 
@@ -115,17 +116,20 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
         run_dir: Path | None, seed: int, *, precision: torch.dtype | None = None,
         channels_last: bool | None = None, drop_last: bool = True, min_steps: int = 0,
         log_every: int = 10, desc: str = "train", checkpoint: bool = True,
-        checkpoint_every: int = 10, resume: bool = False,
+        checkpoint_every: int = 10, checkpoint_steps: int = 0, resume: bool = False,
         on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
         max_seconds: float | None = None) -> FitResult:
     """Train ``model`` on ``images`` (uint8 [N, C, *S]) for ``spec.epochs`` epochs.
 
-    Writes ``run_dir/log.jsonl`` and, if ``checkpoint``, a checkpoint every ``checkpoint_every``
-    epochs and after the last (``checkpoint.safetensors`` + ``state.pt``); ``resume`` continues from it.
+    Writes ``run_dir/log.jsonl`` and, if ``checkpoint``, ``run_dir/checkpoint.safetensors`` (weights
+    and training state in one atomic file) every ``checkpoint_every`` epochs, every
+    ``checkpoint_steps`` steps if > 0, and after the last. ``resume`` continues from it exactly,
+    mid-epoch included: the optimizer, the step (hence schedule and data order) and every RNG
+    are restored, so a resumed run ends with the same weights as an uninterrupted one.
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection).
-    ``max_seconds`` stops training after the first step that ends past this wall-clock budget
-    (the epoch is closed as usual: callback, and a checkpoint as after the last epoch), for
-    same-budget benchmarks.
+    ``max_seconds`` stops training after the first step that ends past this wall-clock budget,
+    counted over resumes (the epoch is closed as usual: callback, and a checkpoint as after the
+    last epoch), for same-budget benchmarks.
     """
     per_epoch = steps_per_epoch(len(images), spec.batch_size, drop_last)
     if per_epoch == 0:
@@ -138,16 +142,25 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, spec)
-    start_epoch = _maybe_resume(model, optimizer, run_dir) if resume else 0
+    state = _resume(model, optimizer, run_dir) if resume else {"step": 0, "elapsed": 0.0}
+    step, elapsed = state["step"], state["elapsed"]
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(run_dir / "log.jsonl", step)
     # line-buffered so that `tail -f log.jsonl` follows a run as it goes
     log = open(run_dir / "log.jsonl", "a", buffering=1) if run_dir else None  # noqa: SIM115
-    step, seen, loss_value, t0 = start_epoch * per_epoch, 0, float("nan"), time.perf_counter()
+    seen, loss_value, t0 = 0, state.get("loss", float("nan")), time.perf_counter()
+
+    def save() -> None:
+        _save_checkpoint(model, optimizer, run_dir, step, elapsed + time.perf_counter() - t0, loss_value)
+
     out_of_time = False
     model.train()
     try:
         with _progress(desc, total, step) as (progress, task):
-            for epoch in range(start_epoch, epochs):
-                for idx in batches(len(images), spec.batch_size, seed * 100_003 + epoch, drop_last):
+            for epoch in range(step // per_epoch, epochs):
+                order = batches(len(images), spec.batch_size, seed * 100_003 + epoch, drop_last)
+                for idx in itertools.islice(order, step - epoch * per_epoch, None):  # resumed mid-epoch
                     for group in optimizer.param_groups:
                         group["lr"] = lrs[step]
                     batch = to_batch(images, labels, idx, channels_last)
@@ -160,6 +173,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
                                           "lower the learning rate or use engine.precision=fp32")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    grad_norm = check_gradients(model, f"{desc}: step {step} (epoch {epoch})")
                     optimizer.step()
                     if hasattr(model, "after_step"):  # momentum/EMA updates, per method
                         model.after_step(step, total)
@@ -168,18 +182,23 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
                     progress.update(task, advance=1, ips=ips, loss=loss_value)
                     if log and (step % log_every == 0 or step == total):
                         row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
-                               "img_per_s": round(ips, 1)}
+                               "img_per_s": round(ips, 1), "grad_norm": grad_norm}
                         row.update({k: float(v.detach()) for k, v in out.items()})
                         log.write(json.dumps(row) + "\n")
-                    out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
+                    out_of_time = (max_seconds is not None
+                                   and elapsed + time.perf_counter() - t0 >= max_seconds)
                     if out_of_time:
                         break
+                    if (run_dir and checkpoint and checkpoint_steps and step % checkpoint_steps == 0
+                            and step % per_epoch):  # epoch ends are saved below, after the callback
+                        save()
                 extra = on_epoch_end(epoch) if on_epoch_end else {}
                 if log and extra:
                     log.write(json.dumps({"epoch": epoch, "step": step, **extra}) + "\n")
                 last = epoch + 1 == epochs or out_of_time
-                if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or last):
-                    _save_checkpoint(model, optimizer, run_dir, epoch)
+                if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or last
+                                               or (checkpoint_steps and step % checkpoint_steps == 0)):
+                    save()
                 model.train()
                 if out_of_time:
                     break
@@ -188,6 +207,21 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
             log.close()
     seconds = time.perf_counter() - t0
     return FitResult(step, seconds, seen / max(seconds, 1e-9), loss_value)
+
+
+def check_gradients(model: nn.Module, where: str) -> float:
+    """The global gradient L2 norm; a non-finite one stops training, naming the first bad parameter
+    (one reduction per step; the per-parameter search runs only on failure)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.nn.utils.get_total_norm(grads))
+    if not math.isfinite(norm):
+        bad = next(n for n, p in model.named_parameters()
+                   if p.grad is not None and not torch.isfinite(p.grad).all())
+        raise MedsslError(f"{where}: non-finite gradient in parameter '{bad}'; lower the learning "
+                          "rate or use engine.precision=fp32")
+    return norm
 
 
 @contextmanager
@@ -201,20 +235,59 @@ def _progress(desc: str, total: int, completed: int):
                                           loss=float("nan"))
 
 
-def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path,
-                     epoch: int) -> None:
-    save_weights(model, run_dir / "checkpoint.safetensors")
-    save_state({"epoch": epoch, "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state()}, run_dir / "state.pt")
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step may draw from: torch (CPU and CUDA), NumPy and Python's ``random``."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def _maybe_resume(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path | None) -> int:
-    """Load the last checkpoint in ``run_dir`` if there is one; return the epoch to start at."""
-    if run_dir is None or not (run_dir / "state.pt").is_file():
-        return 0
-    model.load_state_dict(load_weights(run_dir / "checkpoint.safetensors"))
-    state = load_state(run_dir / "state.pt")
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path, step: int,
+                     elapsed: float, loss: float) -> None:
+    # The methods' own generators (corruptions, masks) are module state (``GeneratorState``), the
+    # queues and momentum encoders are buffers and parameters: all inside ``model.state_dict()``.
+    save_checkpoint(model, {"step": step, "elapsed": elapsed, "loss": loss,
+                            "optimizer": optimizer.state_dict(), "rng": rng_state()},
+                    run_dir / "checkpoint.safetensors")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log rows after ``step``: a resumed run logs the steps it redoes once, not twice."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):  # a line cut by the kill
+            pass
+    path.write_text("".join(f"{line}\n" for line in keep))
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path | None) -> dict[str, Any]:
+    """Load ``run_dir/checkpoint.safetensors`` if there is one; return its step, time and loss."""
+    path = run_dir / "checkpoint.safetensors" if run_dir else None
+    if path is None or not path.is_file():
+        return {"step": 0, "elapsed": 0.0}
+    weights, state = load_checkpoint(path)
+    model.load_state_dict(weights)
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    console.log(f"resumed {run_dir} after epoch {state['epoch']}")
-    return int(state["epoch"]) + 1
+    set_rng_state(state["rng"])
+    console.log(f"resumed {run_dir} at step {state['step']}")
+    return state

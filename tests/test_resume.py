@@ -1,0 +1,125 @@
+"""Exact resume: a run stopped right after a mid-epoch checkpoint and resumed ends with the same
+weights, buffers (queues, momentum encoders, the methods' generators) and optimizer state, bit for
+bit, as an uninterrupted one. CPU fp32, one process, the default thread count: oneDNN's CPU
+kernels are deterministic for a fixed thread count, so no ``use_deterministic_algorithms`` is needed."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from medssl.config import PretrainConfig
+from medssl.engine import fit, seed_everything
+from medssl.engine import trainer as trainer_module
+from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from medssl.methods import create_method
+from medssl.registry import create_backbone
+
+# 20 images in batches of 4: 5 steps an epoch, 10 in all; checkpoints at steps 3, 5 (epoch end), 6, 9
+SPEC = PretrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_epochs=0.5)
+ARGS = {"simclr": {"proj_hidden_dim": 16, "proj_dim": 8},
+        "moco_v2": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 12},
+        "byol": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16},
+        "genesis": {}}
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL right after a checkpoint (the subprocess test does the real thing)."""
+
+
+def new_model(method: str, spatial_dims: int) -> torch.nn.Module:
+    seed_everything(0)
+    net = create_backbone("resnet18_small", spatial_dims, 1, width=0.125)
+    return create_method(method, net, spatial_dims, 12, ARGS[method])
+
+
+def train(method, spatial_dims, data, run_dir, resume=False):
+    model = new_model(method, spatial_dims)
+    fit(model, data, None, SPEC, run_dir, seed=3, checkpoint_steps=3, resume=resume, log_every=1)
+    return model
+
+
+@pytest.mark.parametrize(("method", "spatial_dims", "kill_at"),
+                         [("simclr", 2, 6), ("moco_v2", 2, 3), ("byol", 2, 6), ("genesis", 2, 6),
+                          ("moco_v2", 3, 6), ("genesis", 3, 3)])
+def test_resume_after_a_mid_epoch_checkpoint_is_bit_exact(tmp_path, monkeypatch, method, spatial_dims,
+                                                          kill_at):
+    data = torch.randint(0, 256, (20, 1, *[12] * spatial_dims), dtype=torch.uint8)
+    full = train(method, spatial_dims, data, tmp_path / "full")
+    full_state = load_checkpoint(tmp_path / "full" / "checkpoint.safetensors")[1]
+
+    save = trainer_module._save_checkpoint
+
+    def save_then_die(model, optimizer, run_dir, step, *args):
+        save(model, optimizer, run_dir, step, *args)
+        if step == kill_at:
+            raise Killed
+
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(method, spatial_dims, data, tmp_path / "cut")
+    monkeypatch.setattr(trainer_module, "_save_checkpoint", save)
+    resumed = train(method, spatial_dims, data, tmp_path / "cut", resume=True)
+
+    expected, got = full.state_dict(), resumed.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:  # weights, BN statistics, queue and pointer, targets, generator state
+        assert torch.equal(expected[key], got[key]), key
+    cut_state = load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors")[1]
+    for index, values in full_state["optimizer"]["state"].items():
+        for name, value in values.items():
+            assert torch.equal(value, cut_state["optimizer"]["state"][index][name]), (index, name)
+    # the resumed run logs steps kill_at+1..10 with the uninterrupted run's losses
+    full_log = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    cut_log = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    assert [_loss(r) for r in cut_log[-(10 - kill_at):]] == [_loss(r) for r in full_log[-(10 - kill_at):]]
+
+
+def _loss(line: str) -> tuple[int, float]:
+    row = json.loads(line)
+    return row["step"], row["loss"]
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_last_good_one(tmp_path, monkeypatch):
+    from medssl.engine import checkpoint as ckpt
+
+    net = torch.nn.Linear(3, 2)
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(net, {"step": 1}, path)
+    good = path.read_bytes()
+
+    def half_written(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\x00" * 10)
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(ckpt, "save_file", half_written)
+    with torch.no_grad():
+        net.weight.add_(1)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(net, {"step": 2}, path)
+    assert path.read_bytes() == good and load_checkpoint(path)[1] == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+
+
+def test_training_state_round_trips_through_safetensors(tmp_path):
+    net = torch.nn.Linear(2, 2)  # before the RNG state is taken: its init draws from torch
+    state = {"step": 7, "loss": float("nan"), "betas": (0.9, 0.999), "none": None,
+             "groups": [{"params": [0, 1], "lr": 0.1}], "by_int": {0: torch.arange(3), 5: "x"},
+             "array": np.arange(4, dtype=np.int64), "rng": trainer_module.rng_state()}
+    save_checkpoint(net, state, tmp_path / "c.safetensors")
+    weights, back = load_checkpoint(tmp_path / "c.safetensors")
+    assert set(weights) == {"weight", "bias"}
+    assert back["step"] == 7 and back["betas"] == (0.9, 0.999) and back["none"] is None
+    assert back["groups"] == [{"params": [0, 1], "lr": 0.1}] and back["by_int"][5] == "x"
+    assert torch.equal(back["by_int"][0], torch.arange(3)) and np.array_equal(back["array"], np.arange(4))
+    assert back["loss"] != back["loss"]  # NaN survives
+    # the RNG state restores every generator: the next draws equal those after the save
+    after = (torch.rand(2), np.random.rand(2), random.random())
+    trainer_module.set_rng_state(back["rng"])
+    again = (torch.rand(2), np.random.rand(2), random.random())
+    assert torch.equal(after[0], again[0]) and np.array_equal(after[1], again[1]) and after[2] == again[2]

@@ -7,76 +7,151 @@ The resolved config is written to every run directory as ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 from medssl.errors import MedsslError
 
 
+@dataclass(frozen=True)
+class Check:
+    """Allowed values of one config key (of every item, for a list): bounds, choices, list length."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] = ()
+    min_len: int = 0
+    max_len: int | None = None
+    plain_name: bool = False  # a folder name: not empty, no path separator, not "." or ".."
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed (None: allowed, or None as the value)."""
+        if isinstance(value, list):
+            if len(value) < self.min_len or (self.max_len is not None and len(value) > self.max_len):
+                return f"must have {self._length()} item(s), got {len(value)}"
+            return next((p for p in map(self._item, value) if p), None)
+        return None if value is None else self._item(value)
+
+    def _length(self) -> str:
+        if self.max_len is None:
+            return f"at least {self.min_len}"
+        return str(self.max_len) if self.max_len == self.min_len else f"{self.min_len} to {self.max_len}"
+
+    def _item(self, v: Any) -> str | None:
+        if self.choices and v not in self.choices:
+            close = difflib.get_close_matches(str(v), self.choices, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            return f"must be one of {', '.join(self.choices)}, got {v!r}{hint}"
+        if self.plain_name and (not v or v in (".", "..") or "/" in v or "\\" in v):
+            return f"must be a plain folder name (no '/', not '.' or '..'), got {v!r}"
+        if isinstance(v, (int, float)) and not self._in_range(v):
+            return f"must be {self._range()}, got {v!r}"
+        return None
+
+    def _in_range(self, v: float) -> bool:
+        return math.isfinite(v) and all((
+            self.ge is None or v >= self.ge, self.gt is None or v > self.gt,
+            self.le is None or v <= self.le, self.lt is None or v < self.lt))
+
+    def _range(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+        return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}" if high else "a finite number"
+
+
+# Declared value rules, shared by several keys.
+POSITIVE = Check(gt=0)
+AT_LEAST_1 = Check(ge=1)
+AT_LEAST_0 = Check(ge=0)
+BATCH = Check(ge=2)  # a batch of 1 breaks BatchNorm and contrastive losses
+FRACTION = Check(gt=0, le=1)
+SEED = Check(ge=0, le=2**32 - 1)  # numpy's seed range
+OPTIMIZER = Check(choices=("adamw", "sgd"))
+SIZES = Check(ge=1, min_len=2, max_len=3)  # one size per spatial axis
+
+
 @dataclass
 class DataConfig:
     dataset: str = "breastmnist"  # MedMNIST flag (`medssl data list`)
-    size: int = 28  # MedMNIST image size: 28 (or 64/128/224 for MedMNIST+)
+    size: Annotated[int, AT_LEAST_1] = 28  # MedMNIST image size: 28 (or 64/128/224 for MedMNIST+)
     path: str | None = None  # explicit .npz file or folder; else $MEDSSL_DATA_DIR, then the cache
-    positive_class: int = 1  # binary tasks: the class that sensitivity/specificity/FPR call positive
+    positive_class: Annotated[int, AT_LEAST_0] = 1  # binary tasks: the class sensitivity etc. call positive
     # Classification from a label CSV instead of MedMNIST (e.g. DICOM slices, PNG/JPG folders):
-    format: str = "medmnist"  # "medmnist" (.npz) or "csv" (path = CSV; else <data dir>/<dataset>/labels.csv)
-    columns: list[str] = field(default_factory=lambda: ["path", "label", "patient_id"])  # csv column names
-    window: str = "soft_tissue"  # csv DICOM: CT window preset (lung, soft_tissue, bone) or "none" (min-max)
-    folds: int = 5  # csv: patient-level folds; test = test_fold, validation = the next fold, train = the rest
-    test_fold: int = 0
+    # "medmnist" (.npz) or "csv" (path = CSV; else <data dir>/<dataset>/labels.csv)
+    format: Annotated[str, Check(choices=("medmnist", "csv"))] = "medmnist"
+    columns: Annotated[list[str], Check(min_len=2, max_len=3)] = field(
+        default_factory=lambda: ["path", "label", "patient_id"])  # csv column names
+    # csv DICOM: CT window preset (lung, soft_tissue, bone) or "none" (min-max)
+    window: Annotated[str, Check(choices=("lung", "soft_tissue", "bone", "none"))] = "soft_tissue"
+    # csv: patient-level folds; test = test_fold, validation = the next fold, train = the rest
+    folds: Annotated[int, Check(ge=2)] = 5
+    test_fold: Annotated[int, AT_LEAST_0] = 0
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18_small"  # registered backbone (`medssl models`)
-    width: float = 1.0  # channel width multiplier (0.5 = half width)
+    width: Annotated[float, POSITIVE] = 1.0  # channel width multiplier (0.5 = half width)
 
 
 @dataclass
 class EngineConfig:
-    precision: str = "auto"  # "auto" (bf16 where the CPU supports it), "bf16" or "fp32"
+    # "auto" (bf16 where the CPU supports it), "bf16" or "fp32"
+    precision: Annotated[str, Check(choices=("auto", "bf16", "fp32"))] = "auto"
     channels_last: bool | None = None  # None: on with bf16, off in fp32 (see resolve_channels_last)
-    log_every: int = 10  # optimisation steps between log lines
-    checkpoint_every: int = 10  # pretraining epochs between checkpoints (and after the last)
-    checkpoint_steps: int = 0  # also a checkpoint every this many steps, mid-epoch (0: epochs only)
+    log_every: Annotated[int, AT_LEAST_1] = 10  # optimisation steps between log lines
+    # pretraining epochs between checkpoints (and after the last)
+    checkpoint_every: Annotated[int, AT_LEAST_1] = 10
+    # also a checkpoint every this many steps, mid-epoch (0: epochs only)
+    checkpoint_steps: Annotated[int, AT_LEAST_0] = 0
 
 
 @dataclass
 class PretrainConfig:
     method: str = "simclr"  # registered method (`medssl methods`)
-    epochs: int = 50
-    batch_size: int = 128
-    optimizer: str = "adamw"  # "adamw" or "sgd"
-    lr: float = 2e-3  # peak learning rate after warm-up
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 2.0
+    epochs: Annotated[int, AT_LEAST_1] = 50
+    batch_size: Annotated[int, BATCH] = 128
+    optimizer: Annotated[str, OPTIMIZER] = "adamw"
+    lr: Annotated[float, POSITIVE] = 2e-3  # peak learning rate after warm-up
+    weight_decay: Annotated[float, AT_LEAST_0] = 1e-4
+    warmup_epochs: Annotated[float, AT_LEAST_0] = 2.0
     method_args: dict[str, Any] = field(default_factory=dict)  # checked against the method's config
     checkpoint: str | None = None  # an encoder .safetensors to evaluate instead of pretraining
-    max_seconds: float | None = None  # wall-clock budget: stop after the step that passes it (the
-    # learning-rate schedule is still planned for `epochs`); for same-budget method comparisons
+    # wall-clock budget: stop after the step that passes it (the learning-rate schedule is still
+    # planned for `epochs`); for same-budget method comparisons
+    max_seconds: Annotated[float | None, POSITIVE] = None
 
 
 @dataclass
 class FinetuneConfig:
-    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])  # labelled train fractions
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    inits: list[str] = field(default_factory=lambda: ["ssl", "scratch"])
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
+    fractions: Annotated[list[float], Check(gt=0, le=1, min_len=1)] = field(
+        default_factory=lambda: [0.1, 1.0])  # labelled train fractions
+    seeds: Annotated[list[int], Check(ge=0, le=2**32 - 1, min_len=1)] = field(default_factory=lambda: [0, 1])
+    inits: Annotated[list[str], Check(choices=("ssl", "scratch"), min_len=1)] = field(
+        default_factory=lambda: ["ssl", "scratch"])
+    epochs: Annotated[int, AT_LEAST_1] = 30
+    batch_size: Annotated[int, BATCH] = 64
+    optimizer: Annotated[str, OPTIMIZER] = "adamw"
+    lr: Annotated[float, POSITIVE] = 1e-3
+    weight_decay: Annotated[float, AT_LEAST_0] = 1e-4
+    warmup_epochs: Annotated[float, AT_LEAST_0] = 1.0
     augment: bool = True  # light flips/crops while fine-tuning
-    min_steps: int = 50  # small subsets still get this many optimisation steps
+    min_steps: Annotated[int, AT_LEAST_0] = 50  # small subsets still get this many optimisation steps
     knn: bool = True  # kNN and linear probe on frozen features (per init, fraction and seed)
-    knn_k: int = 20
+    knn_k: Annotated[int, AT_LEAST_1] = 20
 
 
 @dataclass
@@ -90,36 +165,46 @@ class SegmentationConfig:
     images: str = "images"  # NIfTI volumes (3D) or PNG/JPG/TIFF images (2D)
     masks: str = "labels"  # label maps paired with images by file name
     unlabelled: str | None = None  # extra images for pretraining only (e.g. an unlabelled test folder)
-    label_values: list[int] = field(default_factory=lambda: [0, 1])  # raw mask value of class 0, 1, ...
-    class_names: list[str] = field(default_factory=lambda: ["foreground"])  # names of classes 1..K-1
-    shape: list[int] | None = None  # pad/crop cases to this for training batches; None: the largest case
-    spacing: list[float] | None = None  # 3D: resample to this voxel spacing (mm) first; None: keep
-    clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # 3D per-volume clip
-    crop: list[int] = field(default_factory=lambda: [128, 128])  # random training patch (per axis)
-    sw_roi: list[int] | None = None  # sliding-window size at inference; None: crop
-    sw_overlap: float = 0.25  # sliding-window overlap
-    group_size: int = 1  # consecutive cases (natural file order) that form one split group
-    max_cases: int | None = None  # use only the first N labelled cases (smoke tests)
-    slice_axis: int | None = None  # 3D data as 2D slices along this axis (2D models); splits stay per volume
-    folds: int = 5  # patient-level k-fold over labelled cases
-    test_folds: list[int] = field(default_factory=lambda: [0])  # folds held out in turn; [0..4] = full CV
-    val_fraction: float = 0.2  # of the non-test groups, for model selection (Dice)
-    val_checks: int = 5  # validations per run (evenly spaced epochs, always the last)
-    pretrain_pool: str = "all"  # "all" images (labels unused) or "train": without the test fold (one fold)
+    label_values: Annotated[list[int], Check(min_len=2)] = field(
+        default_factory=lambda: [0, 1])  # raw mask value of class 0, 1, ...
+    class_names: Annotated[list[str], Check(min_len=1)] = field(
+        default_factory=lambda: ["foreground"])  # names of classes 1..K-1
+    # pad/crop cases to this for training batches; None: the largest case
+    shape: Annotated[list[int] | None, SIZES] = None
+    # 3D: resample to this voxel spacing (mm) first; None: keep
+    spacing: Annotated[list[float] | None, Check(gt=0, min_len=2, max_len=3)] = None
+    clip_percentiles: Annotated[list[float], Check(ge=0, le=100, min_len=2, max_len=2)] = field(
+        default_factory=lambda: [0.5, 99.5])  # 3D per-volume clip
+    crop: Annotated[list[int], SIZES] = field(default_factory=lambda: [128, 128])  # random training patch
+    sw_roi: Annotated[list[int] | None, SIZES] = None  # sliding-window size at inference; None: crop
+    sw_overlap: Annotated[float, Check(ge=0, lt=1)] = 0.25  # sliding-window overlap
+    group_size: Annotated[int, AT_LEAST_1] = 1  # consecutive cases (natural file order) that form one group
+    max_cases: Annotated[int | None, AT_LEAST_1] = None  # use only the first N labelled cases (smoke tests)
+    # 3D data as 2D slices along this axis (2D models); splits stay per volume
+    slice_axis: Annotated[int | None, Check(ge=0, le=2)] = None
+    folds: Annotated[int, Check(ge=2)] = 5  # patient-level k-fold over labelled cases
+    test_folds: Annotated[list[int], Check(ge=0, min_len=1)] = field(
+        default_factory=lambda: [0])  # folds held out in turn; [0..4] = full CV
+    val_fraction: Annotated[float, Check(gt=0, lt=1)] = 0.2  # of the non-test groups, for model selection
+    val_checks: Annotated[int, AT_LEAST_1] = 5  # validations per run (evenly spaced epochs, always the last)
+    # "all" images (labels unused) or "train": without the test fold (one fold)
+    pretrain_pool: Annotated[str, Check(choices=("all", "train"))] = "all"
     freeze_encoder: bool = False  # ssl init: train the decoder only (encoder weights and BN stats fixed)
-    encoder_lr_scale: float = 1.0  # ssl init: encoder learning rate = lr * this (0 < scale <= 1)
+    encoder_lr_scale: Annotated[float, FRACTION] = 1.0  # ssl init: encoder learning rate = lr * this
     load_decoder: bool = False  # also load decoder/head tensors from the pretraining checkpoint if present
-    overlays: int = 2  # overlay PNGs per run (first test cases)
-    network: str = "unet"  # fine-tuned model: "unet" (encoder + U-Net decoder) or "maskrcnn" (2D instance
-    # route: the whole pretrained distortion_maskrcnn detector, fine-tuned on connected components)
+    overlays: Annotated[int, AT_LEAST_0] = 2  # overlay PNGs per run (first test cases)
+    # fine-tuned model: "unet" (encoder + U-Net decoder) or "maskrcnn" (2D instance route: the whole
+    # pretrained distortion_maskrcnn detector, fine-tuned on connected components)
+    network: Annotated[str, Check(choices=("unet", "maskrcnn"))] = "unet"
 
 
 @dataclass
 class StudyConfig:
-    name: str = "study"
+    name: Annotated[str, Check(plain_name=True)] = "study"  # run directory: <output_dir>/<name>
     output_dir: str = "runs"
-    seed: int = 0  # pretraining seed; fine-tuning seeds are in finetune.seeds
-    task: str = "classification"  # "classification" (MedMNIST/CSV) or "segmentation" (see segmentation)
+    seed: Annotated[int, SEED] = 0  # pretraining seed; fine-tuning seeds are in finetune.seeds
+    # "classification" (MedMNIST/CSV) or "segmentation" (see segmentation)
+    task: Annotated[str, Check(choices=("classification", "segmentation"))] = "classification"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -132,48 +217,84 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (int -> float is allowed)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
+        return _coerce(value, inner[0], key)
     if origin is list:
         if not isinstance(value, list):
-            raise MedsslError(f"{source}: '{key}' must be a list, got {value!r}")
+            raise MedsslError(f"'{key}' must be a list, got {_short(value)}")
         (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, key, source) for v in value]
+        return [_coerce(v, item_tp, key) for v in value]
     if origin is dict:
         if not isinstance(value, dict):
-            raise MedsslError(f"{source}: '{key}' must be a mapping, got {value!r}")
+            raise MedsslError(f"'{key}' must be a mapping, got {_short(value)}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    raise MedsslError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    raise MedsslError(f"'{key}' must be {_type_name(tp)}, got {_short(value)}")
 
 
-def from_dict(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types are errors."""
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown(key: Any, names: list[str], prefix: str) -> str:
+    """``'pretrain.epoch' (did you mean 'pretrain.epochs'?)``, or the known keys of the section."""
+    close = difflib.get_close_matches(str(key), names, n=1)
+    if close:
+        return f"'{prefix}{key}' (did you mean '{prefix}{close[0]}'?)"
+    return f"'{prefix}{key}' (known in {prefix[:-1] or 'the top level'}: {', '.join(names)})"
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str], unknown: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``data``; collect every problem and unknown key (no raise)."""
     if not isinstance(data, dict):
-        raise MedsslError(f"{source}: '{prefix or 'top level'}' must be a mapping")
+        where = f"'{prefix[:-1]}'" if prefix else "the config"
+        problems.append(f"{where} must be a mapping of keys, got {_short(data)}")
+        return None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"'{prefix}{unknown[0]}'"
-        raise MedsslError(f"{source}: unknown key {where}; known: {', '.join(sorted(names))}")
+    checks = {n: t.__metadata__[0] for n, t in typing.get_type_hints(cls, include_extras=True).items()
+              if typing.get_origin(t) is Annotated}
+    unknown += [_unknown(k, list(fields), prefix) for k in data if k not in fields]
     kwargs = {}
     for name, value in data.items():
-        tp = hints[name]
+        if name not in fields:
+            continue
+        key, tp = f"{prefix}{name}", hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, source, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, f"{prefix}{name}", source)
-    return cls(**kwargs)
+            kwargs[name] = _build(tp, value, f"{key}.", problems, unknown)
+            continue
+        try:
+            kwargs[name] = _coerce(value, tp, key)
+        except MedsslError as err:
+            problems.append(str(err))
+            continue
+        problem = checks[name].problem(kwargs[name]) if name in checks else None
+        if problem:
+            problems.append(f"'{key}' {problem}")
+    return None if problems or unknown else cls(**kwargs)
+
+
+def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; every unknown key, wrong type and value out of
+    range is reported at once, in one line."""
+    problems: list[str] = []
+    unknown: list[str] = []
+    obj = _build(cls, data, prefix, problems, unknown)
+    if unknown:
+        problems.insert(0, f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    if problems:
+        raise MedsslError(f"{source}: {'; '.join(problems)}")
+    return obj
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -181,7 +302,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise MedsslError(f"--set '{text}': expected key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    path = key.strip().split(".")
+    if not all(path):
+        raise MedsslError(f"--set '{text}': empty key name before '='")
+    try:
+        return path, yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise MedsslError(f"--set '{text}': the value is not valid YAML") from err
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -197,20 +324,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; unreadable, non-UTF-8 or invalid YAML is a one-line error."""
+    if not path.exists():
+        raise MedsslError(f"{path}: config file not found")
+    if not path.is_file():
+        raise MedsslError(f"{path}: not a file (a config YAML is expected)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MedsslError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from err
+    except OSError as err:
+        raise MedsslError(f"{path}: cannot read the config ({err.strerror})") from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise MedsslError(f"{path}: not valid YAML{where}") from err
+    except RecursionError as err:
+        raise MedsslError(f"{path}: not valid YAML (nested too deeply)") from err
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> StudyConfig:
     """Load a study YAML (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
-    data: dict[str, Any] = {}
+    data: Any = {}
     source = str(path) if path else "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MedsslError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" (line {line + 1})" if line is not None else ""
-            raise MedsslError(f"{path}: not valid YAML{where}") from err
+        data = read_yaml(Path(path))
+        data = {} if data is None else data  # an empty file: all defaults
+        if not isinstance(data, dict):
+            raise MedsslError(f"{path}: the config must be a mapping of keys (key: value lines), "
+                              f"got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))
     return from_dict(StudyConfig, data, source)
 

@@ -33,7 +33,7 @@ def test_saved_config_round_trips(tmp_path):
     ("", ["finetune.fractions=0.1"], r"'finetune.fractions' must be a list"),
     ("", ["pretrain.epochs"], r"expected key=value"),
     ("pretrain: [1, 2\n", [], r"not valid YAML"),
-    ("data: 3\n", [], r"'data.' must be a mapping"),
+    ("data: 3\n", [], r"'data' must be a mapping"),
 ])
 def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, text, overrides, match):
     with pytest.raises(MedsslError, match=match) as err:

@@ -7,6 +7,7 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,33 @@ from medssl.errors import MedsslError
 console = Console()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (``medssl: error: ...``, exit 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"medssl: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is, or can be created as, a directory we may write in; else a one-line error."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise MedsslError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MedsslError(f"{what} {path}: {existing} is not writable")
+
+
 def _add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
     p.add_argument("config", nargs=None if config_required else "?", help="study YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -25,9 +53,9 @@ def _add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medssl", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="medssl", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("study", help="pretrain, then fine-tune at label fractions vs scratch")
     _add_config_args(p, config_required=True)
@@ -44,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
 
     data = sub.add_parser("data", help="datasets known and found locally")
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     dsub.add_parser("list", help="all known MedMNIST datasets")
     info = dsub.add_parser("info", help="facts and local files of one dataset")
     info.add_argument("flag")
@@ -56,14 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a restorative run directory or its checkpoint.safetensors: "
                    "adds its corrupted input and restored output")
     p.add_argument("--corruptions", help="comma-separated subset of the corruptions (default: all)")
-    p.add_argument("--n", type=int, default=4, help="examples (rows), evenly spaced test images")
+    p.add_argument("--n", type=_positive_int, default=4, help="examples (rows), evenly spaced test images")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("show-distortions", help="PNG: distorted regions, predicted types/boxes, restored "
                        "(a distortion_dense or distortion_maskrcnn run)")
     p.add_argument("checkpoint", help="the pretrain or study run directory, or its checkpoint.safetensors")
     p.add_argument("--out", default="distortions.png", help="PNG path (default: distortions.png)")
-    p.add_argument("--n", type=int, default=4, help="examples (rows), evenly spaced pretraining images")
+    p.add_argument("--n", type=_positive_int, default=4,
+                   help="examples (rows), evenly spaced pretraining images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. data.path=... (repeatable)")
@@ -78,6 +107,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
     from medssl.study import run_study
 
     cfg = load_config(args.config, args.set)
+    check_writable_dir(Path(cfg.output_dir), "output_dir")
     run_dir = run_study(cfg, overwrite=args.overwrite)
     console.print(f"report: {run_dir / 'report.md'}")
 
@@ -90,10 +120,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     overrides += [f"pretrain.method={args.method.replace('-', '_')}"] if args.method else []
     overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
     cfg = load_config(args.config, overrides)
-    data = validate(cfg)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-pretrain"
+    if out.exists() and not out.is_dir():
+        raise MedsslError(f"{out}: is a file, not a run directory; choose another --out")
     if out.exists() and not args.resume:
         raise MedsslError(f"{out}: run directory exists; pass --resume or choose --out")
+    check_writable_dir(out, "--out")
+    data = validate(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     try:
@@ -101,10 +134,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         raise
     except Exception:
-        if not (out / "state.pt").exists():  # nothing to resume from: leave nothing behind
+        if not _has_checkpoint(out):  # nothing to resume from: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
     console.print(f"encoder: {out / 'encoder.safetensors'}")
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in ("checkpoint.safetensors", "state.pt"))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -127,6 +164,7 @@ def _cmd_show_corruptions(args: argparse.Namespace) -> None:
 
     overrides = list(args.set) + ([f"data.dataset={args.dataset}"] if args.dataset else [])
     names = [n.strip() for n in args.corruptions.split(",")] if args.corruptions else None
+    check_writable_dir(Path(args.out).parent, "--out")
     out = show_corruptions(args.config, overrides, Path(args.out), args.n, names, args.checkpoint, args.seed)
     console.print(f"corruption grid: {out}")
 
@@ -134,6 +172,7 @@ def _cmd_show_corruptions(args: argparse.Namespace) -> None:
 def _cmd_show_distortions(args: argparse.Namespace) -> None:
     from medssl.report.distortion_viz import show_distortions
 
+    check_writable_dir(Path(args.out).parent, "--out")
     out = show_distortions(args.checkpoint, Path(args.out), args.n, args.seed, args.set)
     console.print(f"distortion figure: {out}")
 
@@ -164,12 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     except MedsslError as err:
         if args.debug:
             raise
-        print(f"medssl: error: {err}", file=sys.stderr)
+        print(f"medssl: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file system problem not foreseen above: still one line, naming the file
+        if args.debug or not err.filename:
+            raise
+        print(f"medssl: error: {err.filename}: {err.strerror or type(err).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medssl: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def one_line(text: str) -> str:
+    """Collapse whitespace so that an error is always exactly one line."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

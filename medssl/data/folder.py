@@ -14,7 +14,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
@@ -69,29 +69,45 @@ def _open(path: Path):
 def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
     """Read an image as uint8: ``[H, W]`` for ``channels=1``, ``[3, H, W]`` for ``channels=3``.
 
-    16-bit and float images are min-max scaled per image (0.5-99.5 percentile clip).
+    Pillow modes are handled as follows: 16/32-bit integer and float images (``I;16``, ``I``,
+    ``F``) are min-max scaled per image (0.5-99.5 percentile clip), never clipped at 255; an alpha
+    channel (``RGBA``, ``LA``, ``PA``) is dropped, not composited; palette images (``P``) are looked
+    up through their palette, then made grey by luminance (Pillow's ``convert("L")``, ITU-R 601-2);
+    1-bit images give 0/255. A mode Pillow cannot convert is a one-line error naming the file.
     """
     path = Path(path)
     img = _open(path)
-    if img.mode.startswith(("I", "F")):  # 16-bit/float: PIL's convert("L") would clip at 255
-        grey = to_uint8(normalize_intensity(np.asarray(img)))
-        return grey if channels == 1 else np.repeat(grey[None], 3, 0)
-    if channels == 1:
-        return np.array(img.convert("L"))  # a writable copy
-    return np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy()
+    try:
+        if img.mode.startswith(("I", "F")):  # 16-bit/float: PIL's convert("L") would clip at 255
+            grey = to_uint8(normalize_intensity(np.asarray(img)))
+            return grey if channels == 1 else np.repeat(grey[None], 3, 0)
+        if channels == 1:
+            return np.array(img.convert("L"))  # a writable copy
+        return np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy()
+    except (ValueError, OSError) as err:  # e.g. "conversion from HSV to L not supported"
+        raise MedsslError(f"{path}: image mode {img.mode} cannot be read as grey/RGB "
+                          f"({type(err).__name__})") from err
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a label mask as integer values ``[H, W]`` (palette masks give palette indices)."""
+    """Read a label mask as integer values ``[H, W]``.
+
+    Palette masks give palette indices; an alpha channel is ignored; RGB masks must be grey
+    (R = G = B), else it is an error naming the file.
+    """
     path = Path(path)
     img = _open(path)
     arr = np.array(img)
     if img.mode == "1":
         arr = arr.astype(np.uint8)
+    if img.mode in ("LA", "PA", "RGBA"):
+        arr = arr[..., :-1]
     if arr.ndim == 3:
-        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, min(arr.shape[2], 3))):
+        if not all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, arr.shape[2])):
             raise MedsslError(f"{path}: mask has colour channels; expected a single-channel label image")
         arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise MedsslError(f"{path}: expected a 2D label image, got shape {tuple(arr.shape)}")
     return arr
 
 
@@ -136,17 +152,28 @@ def read_label_csv(csv_path: str | Path,
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise MedsslError(f"{csv_path}: label CSV not found")
+    if not 2 <= len(columns) <= 3:
+        raise MedsslError(f"data.columns: expected 2 or 3 column names (path, label[, patient]), "
+                          f"got {list(columns)}")
     path_col, label_col, *rest = columns
     patient_col = rest[0] if rest else None
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for col in (path_col, label_col, *([patient_col] if patient_col else [])):
-            if col not in header:
-                raise MedsslError(f"{csv_path}: no column '{col}' (columns: {', '.join(header)})")
-        rows = []
-        for line, rec in enumerate(reader, 2):
-            rows.append(_label_row(csv_path, line, rec, path_col, label_col, patient_col))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            for col in (path_col, label_col, *([patient_col] if patient_col else [])):
+                if col not in header:
+                    shown = ", ".join(map(str, header))[:200]
+                    raise MedsslError(f"{csv_path}: no column '{col}' (columns: {shown})")
+            rows = []
+            for line, rec in enumerate(reader, 2):
+                if None in rec.values() or None in rec:
+                    raise MedsslError(f"{csv_path}:{line}: expected {len(header)} fields, got another number")
+                rows.append(_label_row(csv_path, line, rec, path_col, label_col, patient_col))
+    except UnicodeDecodeError as err:
+        raise MedsslError(f"{csv_path}: not UTF-8 text (byte {err.start}); save the CSV as UTF-8") from err
+    except csv.Error as err:
+        raise MedsslError(f"{csv_path}: not a readable CSV ({_first_line(err)})") from err
     if not rows:
         raise MedsslError(f"{csv_path}: no rows")
     return rows
@@ -154,15 +181,25 @@ def read_label_csv(csv_path: str | Path,
 
 def _label_row(csv_path: Path, line: int, rec: dict, path_col: str, label_col: str,
                patient_col: str | None) -> LabelRow:
-    path = csv_path.parent / (rec[path_col] or "")
-    if not rec[path_col] or not path.is_file():
-        raise MedsslError(f"{csv_path}:{line}: image file '{rec[path_col]}' not found")
+    rel = rec[path_col] or ""
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
+        raise MedsslError(f"{csv_path}:{line}: image path '{rel}' is absolute; paths must be relative "
+                          "to the CSV's folder")
+    if ".." in PureWindowsPath(rel).parts:  # also splits on "/"
+        raise MedsslError(f"{csv_path}:{line}: image path '{rel}' leaves the dataset folder ('..')")
+    path = csv_path.parent / rel
+    if not rel or not path.is_file():
+        raise MedsslError(f"{csv_path}:{line}: image file '{rel}' not found")
     try:
         label = int(str(rec[label_col]).strip())
     except ValueError as err:
         raise MedsslError(f"{csv_path}:{line}: label '{rec[label_col]}' is not an integer") from err
     group = pseudonym(str(rec[patient_col])) if patient_col and rec[patient_col] else stem(path)
     return LabelRow(path, label, group)
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:80] or type(err).__name__
 
 
 def read_any_image(path: Path, window: str = "soft_tissue") -> np.ndarray:

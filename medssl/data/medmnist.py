@@ -14,6 +14,7 @@ Downloads go to the cache directory and are verified against the official MD5 fr
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import http.client
 import os
@@ -110,7 +111,9 @@ def dataset_info(flag: str) -> dict:
     """Return a copy of the INFO entry for ``flag`` (case-insensitive)."""
     key = str(flag).lower()
     if key not in INFO:
-        raise MedsslError(f"unknown dataset '{flag}'; known: {', '.join(known_flags())}")
+        close = difflib.get_close_matches(key, known_flags(), n=1, cutoff=0.75)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(known_flags())}"
+        raise MedsslError(f"unknown dataset '{flag}'{hint}")
     entry = INFO[key]
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in entry.items()}
 
@@ -209,15 +212,16 @@ def find_file(flag: str, size: int = 28, path: str | os.PathLike | None = None) 
 
 
 def _missing_message(flag: str, size: int, path: str | os.PathLike | None, why: str) -> str:
+    """One short line: the file, why it is missing, where to get it and where to place it."""
     name = file_name(flag, size)
-    searched = ", ".join(str(p) for p in search_locations(flag, size, path))
     env = os.environ.get(DATA_DIR_ENV)
-    env_note = f"${DATA_DIR_ENV}={env}" if env else f"${DATA_DIR_ENV} is not set"
-    return (
-        f"{name} not found ({why}); put it in ${DATA_DIR_ENV} or ${DATA_DIR_ENV}/{flag.lower()}/ "
-        f"({env_note}) or in {cache_dir()}; searched: {searched}; "
-        f"official URL: {official_url(flag, size)}"
-    )
+    if path is not None:
+        where = str(Path(path).expanduser() / name)
+    elif env:
+        where = str(Path(env).expanduser() / name)
+    else:
+        where = f"{cache_dir() / name} (or set ${DATA_DIR_ENV} to its folder)"
+    return f"{name} not found ({why}); get it from {official_url(flag, size)} and place it at {where}"
 
 
 def _fetch(url: str, dest: Path) -> None:
@@ -268,7 +272,7 @@ def resolve(
     except MedsslError:
         raise
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        why = f"download failed: {_one_line(exc)}"
+        why = f"download failed: {_one_line(exc)[:80]}"
         raise MedsslError(_missing_message(flag, size, path, why)) from exc
 
 
@@ -296,7 +300,13 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in REQUIRED_KEYS}
     except MedsslError:
         raise
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):  # never relay numpy's hint to load pickles unsafely
+            raise MedsslError(f"{path}: not a valid .npz file (not a zip of .npy arrays; "
+                              "pickled data is never loaded)") from exc
+        raise MedsslError(f"{path}: not a valid .npz file (truncated or corrupt?): "
+                          f"{_one_line(exc)[:120]}") from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
         raise MedsslError(
             f"{path}: not a valid .npz file (truncated or corrupt?): {_one_line(exc)}"
         ) from exc

@@ -45,8 +45,11 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
     try:
         img = nib.load(str(path))
+        _check_nifti_size(Path(path), img)
         arr = np.asanyarray(img.dataobj)
         spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except MedsslError:
+        raise
     except Exception as err:  # nibabel/gzip/zlib raise many types for corrupt files
         raise MedsslError(f"{path}: not a readable NIfTI file ({type(err).__name__})") from err
     if arr.ndim == 4 and arr.shape[-1] == 1:
@@ -54,6 +57,31 @@ def read_nifti(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
     if arr.ndim != 3 or min(arr.shape) < 1:
         raise MedsslError(f"{path}: expected a 3D volume, got shape {tuple(arr.shape)}")
     return arr, spacing
+
+
+_MAX_VOLUME_BYTES = 8 << 30  # a header declaring more is taken as corrupt, not allocated
+_VERIFY_GZ_ABOVE = 64 << 20  # larger gzipped volumes are checked to hold their data before reading
+
+
+def _check_nifti_size(path: Path, img) -> None:
+    """Refuse a header whose declared voxel data is absurd or absent, before memory is allocated
+    for it (nibabel allocates the whole array before reading a .nii.gz)."""
+    need = int(np.prod(img.shape, dtype=np.float64)) * img.get_data_dtype().itemsize
+    if need > _MAX_VOLUME_BYTES:
+        raise MedsslError(f"{path}: header declares shape {tuple(img.shape)} ({need / 2**30:.0f} GiB); "
+                          "corrupt header?")
+    if str(path).lower().endswith(".gz") and need > _VERIFY_GZ_ABOVE:
+        import gzip
+
+        want, got = need + int(img.dataobj.offset), 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while got < want and (chunk := fh.read(16 << 20)):
+                    got += len(chunk)
+        except (OSError, EOFError) as err:
+            raise MedsslError(f"{path}: not a readable NIfTI file ({type(err).__name__})") from err
+        if got < want:
+            raise MedsslError(f"{path}: truncated: the header declares {want} bytes, the file holds {got}")
 
 
 def to_class_map(arr: np.ndarray, values: Sequence[int], path: str | Path) -> np.ndarray:
@@ -229,15 +257,31 @@ def read_dicom_series(paths: Sequence[str | Path]) -> tuple[np.ndarray, tuple[fl
     if not paths:
         raise MedsslError("read_dicom_series: no files given")
     slices = [read_dicom(p) for p in paths]
+    first = slices[0]
     for s, p in zip(slices, paths, strict=True):
-        if s.pixels.shape != slices[0].pixels.shape:
+        if s.pixels.shape != first.pixels.shape:
             raise MedsslError(f"{p}: slice shape {s.pixels.shape} differs from the series' "
-                              f"{slices[0].pixels.shape}")
+                              f"{first.pixels.shape}")
+        for what, mine, theirs in (("orientation", s.orientation, first.orientation),
+                                   ("pixel spacing", s.spacing, first.spacing)):
+            if not _same_geometry(mine, theirs):
+                raise MedsslError(f"{p}: slice {what} {_fmt(mine)} differs from the series' "
+                                  f"{_fmt(theirs)} ({paths[0].name}); one series per folder")
     order, keys = _slice_order(slices, paths)
     volume = np.stack([slices[i].pixels for i in order])
     dz = float(np.median(np.diff(keys))) if len(keys) > 1 else (slices[0].thickness or 1.0)
     dy, dx = slices[0].spacing or (1.0, 1.0)
     return volume, (abs(dz), float(dy), float(dx))
+
+
+def _same_geometry(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return len(a) == len(b) and bool(np.allclose(a, b, atol=1e-4))
+
+
+def _fmt(values: tuple[float, ...] | None) -> str:
+    return "absent" if values is None else "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def read_dicom_dir(folder: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:

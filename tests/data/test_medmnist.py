@@ -161,6 +161,9 @@ def test_dataset_info_unknown_flag_and_copy():
     with pytest.raises(MedsslError) as exc:
         dataset_info("nosuchmnist")
     assert_one_line_error(exc, "unknown dataset 'nosuchmnist'", "known:", "breastmnist")
+    with pytest.raises(MedsslError) as exc:
+        dataset_info("breastmnis")
+    assert_one_line_error(exc, "unknown dataset 'breastmnis' (did you mean 'breastmnist'?)")
     info = dataset_info("BreastMNIST")
     info["label"]["0"] = "changed"
     assert INFO["breastmnist"]["label"]["0"] == "malignant"

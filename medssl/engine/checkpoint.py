@@ -66,8 +66,10 @@ def save_state(state: dict[str, Any], path: Path) -> None:
 def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise MedsslError(f"{path}: unreadable training state ({err})") from err
+    except Exception as err:  # never relay torch's text: it suggests unpickling unsafely
+        raise MedsslError(f"{path}: training state refused: corrupt, or it holds Python objects "
+                          f"other than tensors and plain values ({type(err).__name__}); delete it "
+                          "and start a new run") from err
 
 
 # Training state inside the weights file: one atomic file per checkpoint, so a kill can never pair

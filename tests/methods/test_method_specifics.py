@@ -4,23 +4,51 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from joint_fixtures import tiny_batch, tiny_method
 
 
-def test_moco_v2_queue_is_a_ring_of_normalised_keys():
-    model = tiny_method("moco_v2", 2, queue_size=20)
-    assert model.queue.shape == (20, 16)
-    model.training_step(tiny_batch(2, n=8))
-    model.training_step(tiny_batch(2, n=8))
-    assert int(model.queue_ptr) == 16
-    model.training_step(tiny_batch(2, n=8))  # wraps around
-    assert int(model.queue_ptr) == 4
-    assert torch.allclose(model.queue.norm(dim=1), torch.ones(20), atol=1e-5)
+def _moco_step(model, batch):
+    """One training step; returns (loss, queries [2B, D], keys [2B, D], queue before, pointer before)."""
+    seen = {}
+    hooks = [getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: o}))
+             for name in ("projector", "momentum_projector")]
+    queue, ptr = model.queue.clone(), int(model.queue_ptr)
+    loss = model.training_step(batch)["loss"]
+    for h in hooks:
+        h.remove()
+    return loss, seen["projector"], seen["momentum_projector"].detach(), queue, ptr
 
 
-def test_moco_v2_loss_is_one_sided_when_asked():
-    model = tiny_method("moco_v2", 2, symmetric=False)
-    assert math.isfinite(model.training_step(tiny_batch(2))["loss"].item())
+def naive_infonce(q, k, queue, t):
+    """-log softmax of the positive against the queue, row by row."""
+    q, k = F.normalize(q.double(), dim=1), F.normalize(k.double(), dim=1)
+    losses = []
+    for qi, ki in zip(q, k, strict=True):
+        logits = torch.cat([(qi @ ki)[None], queue.double() @ qi]) / t
+        losses.append(torch.logsumexp(logits, 0) - logits[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_moco_v2_enqueues_k2_after_a_loss_against_the_old_queue(symmetric, spatial_dims):
+    model = tiny_method("moco_v2", spatial_dims, queue_size=16, symmetric=symmetric)
+    b, t = 6, model.cfg.temperature
+    for _ in range(3):  # pointer 0, 6, 12: the last step wraps around the ring of 16
+        loss, q, k, before, ptr = _moco_step(model, tiny_batch(spatial_dims, n=b))
+        (q1, q2), (k1, k2) = q.detach().chunk(2), k.chunk(2)
+        expected = naive_infonce(q1, k2, before, t)
+        if symmetric:
+            expected = (expected + naive_infonce(q2, k1, before, t)) / 2
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        loss.backward()  # the graph still holds the queue it used (no in-place change since)
+        rows = [(ptr + i) % 16 for i in range(b)]
+        assert torch.allclose(model.queue[rows], F.normalize(k2, dim=1), atol=1e-6)
+        untouched = [i for i in range(16) if i not in rows]
+        assert torch.equal(model.queue[untouched], before[untouched])
+        assert int(model.queue_ptr) == (ptr + b) % 16
+        model.zero_grad()
 
 
 def test_moco_v3_can_freeze_the_vit_patch_projection():

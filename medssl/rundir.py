@@ -1,27 +1,68 @@
-"""Run directories: written as ``<name>.incomplete`` and renamed to ``<name>`` only when finished."""
+"""Run directories: written as ``<name>.incomplete`` and renamed to ``<name>`` only when finished.
+
+A study is a grid of cells (pretraining, then one cell per fold x seed x fraction x init). Each
+finished cell leaves ``rows.json`` in its directory; ``--resume`` reuses those, redoes the cell that
+was killed, continues a killed pretraining from its checkpoint, and rebuilds ``results.jsonl`` in
+grid order, so a resumed study writes the same results as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medssl.config import StudyConfig, save_config
+import yaml
+
+from medssl.config import StudyConfig, save_config, to_dict
+from medssl.engine.checkpoint import atomic_write
 from medssl.errors import MedsslError
 from medssl.report.report import write_report
 
 
-def start_run(cfg: StudyConfig, overwrite: bool) -> tuple[Path, Path]:
-    """Create a fresh ``<output_dir>/<name>.incomplete`` holding ``config.yaml``; return (work, final)."""
+def start_run(cfg: StudyConfig, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
+    """Create ``<output_dir>/<name>.incomplete`` holding ``config.yaml`` (or, with ``resume``, reopen
+    it if it is there and was made by the same config); return (work, final)."""
     final = Path(cfg.output_dir) / cfg.name
     if final.exists() and not overwrite:
-        raise MedsslError(f"{final}: run directory exists; pass --overwrite or change 'name'")
+        what = "is finished; nothing to resume" if resume else "exists"
+        raise MedsslError(f"{final}: run directory {what}; pass --overwrite or change 'name'")
     work = final.with_name(final.name + ".incomplete")
+    if resume and (work / "config.yaml").is_file():
+        _check_same_config(to_dict(cfg), yaml.safe_load((work / "config.yaml").read_text()),
+                           work / "config.yaml")
+        (work / "results.jsonl").unlink(missing_ok=True)  # rebuilt from the finished cells
+        return work, final
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     save_config(cfg, work / "config.yaml")
     return work, final
+
+
+def _check_same_config(new: Any, old: Any, path: Path, key: str = "") -> None:
+    if isinstance(new, dict) and isinstance(old, dict):
+        for k in sorted(set(new) | set(old)):
+            _check_same_config(new.get(k), old.get(k), path, f"{key}.{k}" if key else k)
+    elif new != old:
+        raise MedsslError(f"{path}: the run being resumed has {key}={old!r}, this config {new!r}; "
+                          "resume with the same config or pass --overwrite")
+
+
+def run_cell(cell_dir: Path, compute: Callable[[], list[dict[str, Any]]],
+             clear: bool = True) -> list[dict[str, Any]]:
+    """The result rows of one grid cell: read back from ``cell_dir/rows.json`` when an earlier
+    (resumed) run finished it, else computed (in a cleared ``cell_dir`` if ``clear``: a killed cell
+    starts again) and saved there atomically."""
+    done = cell_dir / "rows.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if clear:
+        shutil.rmtree(cell_dir, ignore_errors=True)
+    rows = compute()
+    atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(rows)))
+    return rows
 
 
 def finish_run(work: Path, final: Path) -> Path:

@@ -15,6 +15,7 @@ Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only o
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from medssl.models.maskrcnn import build_mask_rcnn
 from medssl.models.unet import UNet
 from medssl.registry import create_backbone
 from medssl.report.overlays import save_overlay
-from medssl.rundir import append_row, finish_run, start_run
+from medssl.rundir import append_row, finish_run, run_cell, start_run
 
 console = Console(stderr=True)
 
@@ -99,7 +100,7 @@ def new_unet(cfg: StudyConfig, data: SegmentationData) -> UNet:
 
 
 def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dict,
-                results: Path, info: dict) -> tuple[dict | None, dict | None]:
+                results: Path, info: dict, resume: bool) -> tuple[dict | None, dict | None]:
     """(encoder state, full checkpoint state or None) for the ``ssl`` init."""
     if "ssl" not in cfg.finetune.inits:
         return None, None
@@ -112,7 +113,9 @@ def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dic
     else:
         exclude = split["test"] if cfg.segmentation.pretrain_pool == "train" else ()
         pool = data.pretrain_data(exclude)
-        stats = {**pretrain(cfg, pool, work / "pretrain"), "pool": len(pool.train)}
+        [stats] = run_cell(work / "pretrain", lambda: [
+            {**pretrain(cfg, pool, work / "pretrain", resume), "pool": len(pool.train)}],
+            clear=False)  # a killed pretraining continues from its checkpoint
         path, full = work / "pretrain" / "encoder.safetensors", work / "pretrain" / "checkpoint.safetensors"
     append_row(results, {"protocol": "pretrain", **info, **stats})
     whole = cfg.segmentation.load_decoder or cfg.segmentation.network == "maskrcnn"
@@ -192,6 +195,10 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
     return row
 
 
+def _one_cell(*args: Any) -> list[dict[str, Any]]:
+    return [_one_run(*args)]
+
+
 def _metric_fields(means: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
     out = {}
     for metric, values in means.items():
@@ -208,10 +215,11 @@ def _overlay(data: SegmentationData, run_dir: Path, case: int, pred: np.ndarray,
     return str(path.relative_to(run_dir.parents[2]))
 
 
-def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
-    """Run the whole segmentation study; returns the finished run directory."""
+def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    """Run the whole segmentation study; returns the finished run directory. ``resume`` continues
+    a killed one (see ``medssl.rundir``)."""
     data = validate_segmentation(cfg)
-    work, final = start_run(cfg, overwrite)
+    work, final = start_run(cfg, overwrite, resume)
     t0, seg = time.perf_counter(), cfg.segmentation
     info = {"task": "segmentation", "dataset": data.name, "method": cfg.pretrain.method,
             "backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims}
@@ -222,13 +230,14 @@ def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
         assert_disjoint_groups(splits[fold], data.groups)
         save_split(work / "splits" / f"fold{fold}.json", splits[fold], fold=fold, folds=seg.folds,
                    seed=cfg.seed, cases={k: [data.cases[i] for i in v] for k, v in splits[fold].items()})
-    weights = _pretrained(cfg, data, work, splits[seg.test_folds[0]], results, info)
+    weights = _pretrained(cfg, data, work, splits[seg.test_folds[0]], results, info, resume)
     for fold in seg.test_folds:
         for seed in cfg.finetune.seeds:
             for fraction in cfg.finetune.fractions:
                 for init in cfg.finetune.inits:
                     run_dir = work / "segment" / f"fold{fold}" / f"{init}_f{fraction:g}_s{seed}"
-                    row = _one_run(cfg, data, splits[fold], fold, seed, fraction, init, weights, run_dir)
+                    [row] = run_cell(run_dir, partial(_one_cell, cfg, data, splits[fold], fold, seed,
+                                                      fraction, init, weights, run_dir))
                     append_row(results, {"protocol": "segmentation", **info, **row})
                     console.log(f"fold {fold} {init} fraction={fraction:g} seed={seed}: "
                                 f"Dice {row['dice_mean']:.3f}")

@@ -12,6 +12,7 @@ Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only o
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from medssl.eval.finetune import Classifier, finetune
 from medssl.eval.probes import extract_features, knn_probe, linear_probe
 from medssl.methods import create_method, method_config
 from medssl.registry import create_backbone
-from medssl.rundir import append_row, finish_run, start_run
+from medssl.rundir import append_row, finish_run, run_cell, start_run
 from medssl.transforms.augment import light_augment
 
 console = Console(stderr=True)
@@ -137,33 +138,35 @@ def _rows_for_subset(cfg: StudyConfig, data: MedMNIST, encoder: dict | None, ini
     return rows
 
 
-def run_study(cfg: StudyConfig, overwrite: bool = False) -> Path:
-    """Run the whole study; returns the finished run directory."""
+def run_study(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    """Run the whole study; returns the finished run directory. ``resume`` continues a killed one."""
     if cfg.task == "segmentation":
         from medssl.seg_study import run_segmentation_study
 
-        return run_segmentation_study(cfg, overwrite)
+        return run_segmentation_study(cfg, overwrite, resume)
     data = validate(cfg)
-    work, final = start_run(cfg, overwrite)
+    work, final = start_run(cfg, overwrite, resume)
     t0 = time.perf_counter()
     info = {"dataset": data.flag, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
             "width": cfg.model.width}
     results = work / "results.jsonl"
+    encoder = None
     if "ssl" in cfg.finetune.inits:
         if cfg.pretrain.checkpoint:
             encoder = load_weights(Path(cfg.pretrain.checkpoint))
-            stats = {"checkpoint": cfg.pretrain.checkpoint}
+            append_row(results, {"protocol": "pretrain", **info, "checkpoint": cfg.pretrain.checkpoint})
         else:
-            stats = pretrain(cfg, data, work / "pretrain")
+            for row in run_cell(work / "pretrain", lambda: [
+                    {"protocol": "pretrain", **info, **pretrain(cfg, data, work / "pretrain", resume)}],
+                    clear=False):  # a killed pretraining continues from its checkpoint
+                append_row(results, row)
             encoder = load_weights(work / "pretrain" / "encoder.safetensors")
-        append_row(results, {"protocol": "pretrain", **info, **stats})
-    else:
-        encoder = None
     for seed in cfg.finetune.seeds:
         for fraction in cfg.finetune.fractions:
             for init in cfg.finetune.inits:
                 sub = work / "finetune" / f"{init}_f{fraction:g}_s{seed}"
-                for row in _rows_for_subset(cfg, data, encoder, init, fraction, seed, sub):
+                cell = partial(_rows_for_subset, cfg, data, encoder, init, fraction, seed, sub)
+                for row in run_cell(sub, cell):
                     append_row(results, {**info, **row})
                 console.log(f"{init} fraction={fraction:g} seed={seed}: done")
     append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})

@@ -28,7 +28,8 @@ def tiny_study(tmp_path, capsys, name="tiny"):
 
 
 @pytest.mark.slow
-def test_tiny_study_writes_finite_in_range_metrics_and_reproduces(tmp_path, capsys, data_dir):
+def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path, capsys, monkeypatch,
+                                                                         data_dir):
     run = tiny_study(tmp_path, capsys, "a")
     for f in ["config.yaml", "results.jsonl", "report.md", "label_efficiency.png",
               "pretrain/encoder.safetensors", "pretrain/log.jsonl",
@@ -47,12 +48,59 @@ def test_tiny_study_writes_finite_in_range_metrics_and_reproduces(tmp_path, caps
     report = (run / "report.md").read_text()
     assert "SSL − scratch" in report and "| 0.1 | ssl | 1 |" in report
 
-    again = tiny_study(tmp_path, capsys, "b")
-    rows_b = [json.loads(x) for x in (again / "results.jsonl").read_text().splitlines()]
-    keys = ("auc", "acc", "sensitivity", "specificity")
-    for ra, rb in zip(evals, [r for r in rows_b if r["protocol"] in ("finetune", "linear", "knn")],
-                      strict=True):
-        assert [ra[k] for k in keys] == [rb[k] for k in keys]
+    # The same study killed twice (mid-pretraining, then in the third cell) and resumed equals it
+    b = resumed_study(tmp_path, monkeypatch)
+    rows_b = [json.loads(x) for x in (b / "results.jsonl").read_text().splitlines()]
+    assert [_untimed(r) for r in rows_b] == [_untimed(r) for r in rows]
+
+
+TIMED = {"seconds", "img_per_s", "test_seconds"}
+
+
+def _untimed(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMED}
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL (a BaseException, so nothing in medssl catches it)."""
+
+
+def resumed_study(tmp_path, monkeypatch):
+    from medssl import study
+    from medssl.config import load_config
+    from medssl.engine import trainer
+
+    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *TINY, "name=b",
+                                            "engine.checkpoint_steps=3", "engine.log_every=1"])
+    save, cell = trainer._save_checkpoint, study._rows_for_subset
+    calls = []
+
+    def save_then_die(model, optimizer, run_dir, step, *args):
+        save(model, optimizer, run_dir, step, *args)
+        if step == 3:  # of 8 pretraining steps
+            raise Killed
+
+    def cell_then_die(*args):
+        calls.append(args[3:6])  # init, fraction, seed
+        rows = cell(*args)
+        if len(calls) == 3:
+            raise Killed  # finished its work but not its rows.json: it must be redone
+        return rows
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        study.run_study(cfg)
+    assert not (tmp_path / "b").exists() and (tmp_path / "b.incomplete").is_dir()
+    monkeypatch.setattr(trainer, "_save_checkpoint", save)
+    monkeypatch.setattr(study, "_rows_for_subset", cell_then_die)
+    with pytest.raises(Killed):
+        study.run_study(cfg, resume=True)
+    log = [json.loads(x) for x in (tmp_path / "b.incomplete/pretrain/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))  # 1-3, then 4-8 once each
+    calls.clear()
+    out = study.run_study(cfg, resume=True)
+    assert calls == [("ssl", 1.0, 0), ("scratch", 1.0, 0)]  # the killed cell again, then the last one
+    return out
 
 
 def assert_one_line_error(code, err, *needles):

@@ -1,3 +1,7 @@
+import math
+from math import comb
+
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +160,67 @@ def test_box_mask_marks_exactly_the_box():
     expected = torch.zeros(1, 1, 5, 6, dtype=torch.bool)
     expected[..., 1:3, 2:5] = True
     assert torch.equal(mask, expected)
+
+
+def genesis_bezier(points, n_times=100_000):
+    """The Models Genesis reference curve (``utils.py``: Bernstein basis, points[0] at t = 1)."""
+    t = np.linspace(0.0, 1.0, n_times)
+    basis = np.array([comb(3, i) * t ** (3 - i) * (1 - t) ** i for i in range(4)])
+    pts = np.array(points, dtype=float)
+    return pts[:, 0] @ basis, pts[:, 1] @ basis
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_nonlinear_matches_the_reference_bezier_curve(dims, monkeypatch):
+    from medssl.transforms.corruptions import genesis
+
+    drawn = []  # every uniform draw of nonlinear_intensity; the first holds the control points
+    monkeypatch.setattr(genesis, "uniform", lambda *a: drawn.append(C.base.uniform(*a)) or drawn[-1])
+    shape = (16, 1, 10, 10) if dims == 2 else (16, 1, 5, 5, 4)
+    x = torch.linspace(0, 1, math.prod(shape[2:])).reshape(1, 1, *shape[2:]).repeat(16, 1, *[1] * dims)
+    y = C.nonlinear_intensity(x, gen(4), p=1.0).input.flatten(1).numpy()
+    ctrl = drawn[0].numpy()  # [B, 2 inner points, (x, y)]
+    inverted = []
+    for b in range(len(x)):
+        xs, ys = genesis_bezier([[0, 0], ctrl[b, 0], ctrl[b, 1], [1, 1]])
+        inverted.append(bool(y[b, 0] > 0.5))
+        ref = np.interp(x[b].flatten().numpy(), np.sort(xs), ys if inverted[-1] else np.sort(ys))
+        assert np.abs(y[b] - ref).max() < 0.01, b
+        ends = (1.0, 0.0) if inverted[-1] else (0.0, 1.0)  # 0 -> 0 and 1 -> 1, or inverted
+        assert (y[b, 0], y[b, -1]) == pytest.approx(ends, abs=1e-6)
+        if not inverted[-1]:
+            assert (np.diff(y[b]) >= 0).all()  # monotone
+    assert 0 < sum(inverted) < len(x)  # both halves of the reference occur
+
+
+@pytest.mark.parametrize("shape,frac", [((2, 2, 40, 30), 0.1), ((2, 2, 12, 16, 20), 0.2)])
+def test_local_shuffle_moves_each_pixel_only_inside_its_block(shape, frac, monkeypatch):
+    from medssl.transforms.corruptions import genesis
+
+    rounds = []
+
+    def spy(x, generator, sides, offsets, cell_p):
+        out, region = shuffle(x, generator, sides, offsets, cell_p)
+        rounds.append((x, sides, offsets, out, region))
+        return out, region
+
+    shuffle = genesis._shuffle_blocks
+    monkeypatch.setattr(genesis, "_shuffle_blocks", spy)
+    x = (torch.randperm(math.prod(shape)).float() / math.prod(shape)).reshape(shape)  # unique values
+    c = C.local_pixel_shuffle(x, gen(5), p=1.0, max_block_frac=frac)
+    assert len(rounds) == 3 and torch.equal(c.input, rounds[-1][3])
+    moved_any = False
+    for inp, sides, offsets, out, region in rounds:
+        for n, side in zip(shape[2:], sides, strict=True):
+            assert 2 <= side <= max(2, round(n * frac))  # block side within max_block_frac
+        values, order = inp.flatten().sort()
+        src = np.array(np.unravel_index(order[torch.searchsorted(values, out.flatten())].numpy(), shape))
+        dst = np.array(np.unravel_index(np.arange(out.numel()), shape))
+        moved = (src != dst).any(0)
+        moved_any |= moved.any()
+        assert (src[:2] == dst[:2]).all()  # same sample, same channel
+        for axis, (side, off) in enumerate(zip(sides, offsets, strict=True)):
+            s, d = src[2 + axis][moved] - off, dst[2 + axis][moved] - off
+            assert (d >= 0).all() and (s // side == d // side).all()  # the same block along this axis
+        assert region.expand(shape).flatten().numpy()[moved].all()
+    assert moved_any

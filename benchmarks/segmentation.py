@@ -7,6 +7,7 @@ folds x seeds), IoU, HD95 and wall time to ``<out>.json`` and ``<out>.md``. Not 
     python benchmarks/segmentation.py                       # fixed fold 0 (~20-30 min on 2 cores)
     python benchmarks/segmentation.py --folds all           # 5-fold cross-validation (~5x longer)
     python benchmarks/segmentation.py --set finetune.epochs=20 --set pretrain.epochs=50
+    python benchmarks/segmentation.py --rebuild             # .md (and .json notes) from the .json only
 
 Reference: nnU-Net (Isensee et al., Nat. Methods 18:203, 2021) reports Dice ~0.90 (anterior) and
 ~0.89 (posterior) on the MSD Task04 test set; that is a different split (the 130 MSD test cases,
@@ -47,6 +48,28 @@ def summarise(run: Path) -> dict:
             "seeds": sorted({r["seed"] for r in seg}), "runs": seg}
 
 
+def notes(result: dict) -> list[str]:
+    """What the numbers cover, written from the run's config: the pretraining pool and the intervals."""
+    cfg = result["config"]
+    seg, ft = cfg["segmentation"], cfg["finetune"]
+    folds = result["folds"]
+    if cfg["pretrain"].get("checkpoint"):
+        pool = (f"SSL encoder loaded from `{cfg['pretrain']['checkpoint']}`: which images it was "
+                "pretrained on is not recorded here.")
+    elif seg["pretrain_pool"] == "all":
+        pool = (f"Pretraining saw the test fold's images: `segmentation.pretrain_pool: all` pretrains the "
+                f"SSL encoder on the images (never the labels) of every case, including held-out test "
+                f"fold(s) {folds}. This is transductive and favours SSL over scratch.")
+    else:
+        pool = (f"`segmentation.pretrain_pool: {seg['pretrain_pool']}`: the held-out test fold's images "
+                "were left out of pretraining.")
+    runs = len(ft["seeds"]) * len(folds)
+    spread = ("each cell is a single fine-tuning run (no interval; run-to-run noise not measured)."
+              if runs == 1 else f"± is the sample std over {runs} fine-tuning runs (seeds × folds) only.")
+    return [pool, f"One pretraining (seed {cfg['seed']}) serves every SSL row; {spread} "
+            "Pretraining-to-pretraining variation is not in any number here."]
+
+
 def markdown(result: dict) -> str:
     """A short table: Dice per class at each fraction, SSL and scratch, plus the nnU-Net line."""
     s, cfg = result["summary"], result["config"]
@@ -59,6 +82,7 @@ def markdown(result: dict) -> str:
              f"(min {cfg['finetune']['min_steps']} steps), crop {cfg['segmentation']['crop']}. "
              f"Wall time {result['wall_seconds'] / 60:.1f} min on {result['machine']['cpus']} CPU cores "
              f"(pretraining {(result['pretrain_seconds'] or 0) / 60:.1f} min).", "",
+             *[f"- {n}" for n in notes(result)], "",
              "| fraction | init | runs | Dice anterior | Dice posterior | Dice mean | IoU mean | HD95 (mm) |",
              "|---|---|---|---|---|---|---|---|"]
 
@@ -94,7 +118,14 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs", help="where the study run directory goes")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides (repeatable)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="no study: rewrite <out>.md and the notes of <out>.json from <out>.json")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.rebuild:
+        result = json.loads(out.with_suffix(".json").read_text())
+        write(out, {**result, "notes": notes(result)})
+        return
     overrides = [f"output_dir={args.runs_dir}", f"name=bench_segmentation_{args.folds}",
                  "finetune.fractions=[0.1, 1.0]", "finetune.inits=[ssl, scratch]", *args.set]
     cfg = load_config(args.config, overrides)
@@ -106,7 +137,11 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                           "platform": platform.platform(),
                           "bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}}
-    out = Path(args.out)
+    write(out, {**result, "notes": notes(result)})
+
+
+def write(out: Path, result: dict) -> None:
+    """``<out>.json`` and ``<out>.md``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(result))

@@ -6,11 +6,18 @@ kernels are deterministic for a fixed thread count, so no ``use_deterministic_al
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from medssl.config import PretrainConfig
 from medssl.engine import fit, seed_everything
@@ -123,3 +130,45 @@ def test_training_state_round_trips_through_safetensors(tmp_path):
     trainer_module.set_rng_state(back["rng"])
     again = (torch.rand(2), np.random.rand(2), random.random())
     assert torch.equal(after[0], again[0]) and np.array_equal(after[1], again[1]) and after[2] == again[2]
+
+
+def _pretrain_cmd(out, *extra):
+    sets = ["model.width=0.125", "pretrain.epochs=3", "pretrain.batch_size=64", "engine.precision=fp32",
+            "engine.checkpoint_steps=5", "engine.log_every=1",
+            "pretrain.method_args={proj_hidden_dim: 32, proj_dim: 16}"]
+    return [sys.executable, "-m", "medssl.cli", "pretrain", "--method", "simclr", "--dataset", "breastmnist",
+            "--out", str(out), *[a for s in sets for a in ("--set", s)], *extra]
+
+
+@pytest.mark.slow
+def test_sigkilled_pretrain_resumes_to_the_same_weights(tmp_path, data_dir):
+    """`medssl pretrain` on real BreastMNIST (546 images, 8 steps an epoch, 24 in all), SIGKILLed
+    after its mid-epoch checkpoint at step 5 or 10, resumed with --resume: same final weights as an
+    uninterrupted run, bit for bit (CPU fp32, same thread count, separate processes)."""
+    env = {**os.environ, "MEDSSL_DATA_DIR": str(data_dir)}
+    subprocess.run(_pretrain_cmd(tmp_path / "full"), check=True, env=env, capture_output=True)
+
+    ckpt = tmp_path / "cut" / "checkpoint.safetensors"
+    proc = subprocess.Popen(_pretrain_cmd(tmp_path / "cut"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.is_file() and _step(ckpt) in (5, 10):  # mid-epoch checkpoints
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = _step(ckpt)
+    assert killed_at % 8 and killed_at < 24 and not (tmp_path / "cut" / "encoder.safetensors").exists()
+
+    subprocess.run(_pretrain_cmd(tmp_path / "cut", "--resume"), check=True, env=env, capture_output=True)
+    full, cut = (load_file(str(tmp_path / d / "encoder.safetensors")) for d in ("full", "cut"))
+    assert full.keys() == cut.keys()
+    for key in full:
+        assert torch.equal(full[key], cut[key]), key
+    assert _step(ckpt) == 24
+
+
+def _step(path) -> int:
+    with safe_open(str(path), "pt") as f:  # reads the header only: fast while the run goes on
+        return dict(json.loads(f.metadata()["train_state"])["__dict__"])["step"]

@@ -10,6 +10,7 @@ reused, so the benchmark can run in pieces::
     python benchmarks/distortion_seg.py --datasets isbi2012          # ~20 min on 2 cores
     python benchmarks/distortion_seg.py --datasets hippocampus_3d,hippocampus_2d
     python benchmarks/distortion_seg.py --datasets hippocampus_2d_instance   # after hippocampus_2d
+    python benchmarks/distortion_seg.py --rebuild    # .md and provenance notes from the .json only
 
 Writes ``benchmarks/results/distortion_seg.{json,md}``: Dice mean ± 95% CI (t over seeds) per
 dataset, fraction and init, the relative SSL-over-scratch gain (the paper reports ~+20% Dice on
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from medssl.config import load_config
+from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
 from medssl.study import run_study
 
@@ -65,19 +66,60 @@ ENTRIES = {
 }
 
 
+def entry_config(dataset: str, init: str, out: Path, extra: list[str] = ()) -> StudyConfig:
+    """The resolved study config of one entry."""
+    config, variants = ENTRIES[dataset]
+    entry = [v.replace("{runs}", str(out)) for v in variants[init]]
+    sets = [f"name={dataset}_{init}", f"output_dir={out}", *entry, *extra]
+    if init != "scratch":
+        sets.append("finetune.inits=[ssl]")
+    return load_config(config, sets)
+
+
 def run_entry(dataset: str, init: str, out: Path, extra: list[str]) -> Path:
     """Run (or reuse) one study; returns its run directory."""
-    config, variants = ENTRIES[dataset]
-    name = f"{dataset}_{init}"
-    run = out / name
+    run = out / f"{dataset}_{init}"
     if (run / "results.jsonl").exists():
         print(f"reusing {run}")
         return run
-    entry = [v.replace("{runs}", str(out)) for v in variants[init]]
-    sets = [f"name={name}", f"output_dir={out}", *entry, *extra]
-    if init != "scratch":
-        sets.append("finetune.inits=[ssl]")
-    return run_study(load_config(config, sets), overwrite=True)
+    return run_study(entry_config(dataset, init, out, extra), overwrite=True)
+
+
+def provenance(row: dict, out: Path, extra: list[str] = ()) -> dict:
+    """Pretraining facts of a summary row, from its entry's config: ``pretrain_pool`` (None for
+    scratch), ``pretrain_seed``, ``pretrainings`` (a segmentation study pretrains once, with the
+    study seed, for all its fine-tuning seeds and fractions) and ``pretrain_reused`` (checkpoint)."""
+    if row["init"] == "scratch":
+        return {"pretrain_pool": None, "pretrain_seed": None, "pretrainings": 0, "pretrain_reused": None}
+    cfg = entry_config(row["dataset"], row["init"], out, extra)
+    return {"pretrain_pool": cfg.segmentation.pretrain_pool, "pretrain_seed": cfg.seed, "pretrainings": 1,
+            "pretrain_reused": cfg.pretrain.checkpoint}
+
+
+def notes(table: list[dict]) -> list[str]:
+    """What the numbers cover: pretraining pools and the intervals, from the rows' provenance."""
+    ssl = [r for r in table if r["init"] != "scratch"]
+    seeds = sorted({r["seeds"] for r in table})
+    lines = []
+    seen = sorted({r["dataset"] for r in ssl if r["pretrain_pool"] == "all"})
+    if seen:
+        lines.append(f"Pretraining saw the test fold's images ({', '.join(seen)}): "
+                     "`segmentation.pretrain_pool: all` pretrains on the images (never the labels) of every "
+                     "case, including the held-out test fold. This is transductive and favours SSL over "
+                     "scratch.")
+    kept_out = sorted({r["dataset"] for r in ssl if r["pretrain_pool"] != "all"})
+    if kept_out:
+        lines.append(f"Test-fold images left out of pretraining: {', '.join(kept_out)}.")
+    for dataset, init, path in sorted({(r["dataset"], r["init"], r["pretrain_reused"])
+                                       for r in ssl if r["pretrain_reused"]}):
+        lines.append(f"{dataset} {init} reuses the pretraining of {Path(path).parent.parent.name} "
+                     "(its checkpoint, not a new pretraining).")
+    counts = sorted({r["pretrainings"] for r in ssl})
+    lines.append(f"Intervals cover fine-tuning seeds only ({'/'.join(map(str, seeds))} per row): each SSL "
+                 f"entry has {'one' if counts == [1] else '/'.join(map(str, counts))} pretraining (seed "
+                 f"{'/'.join(map(str, sorted({r['pretrain_seed'] for r in ssl})))}), shared by all its "
+                 "fine-tuning seeds and fractions, so pretraining-to-pretraining variation is not in them.")
+    return lines
 
 
 def ci95(values: list[float]) -> tuple[float, float]:
@@ -121,7 +163,8 @@ def markdown(table: list[dict], meta: dict) -> str:
              "", f"{meta['date']}, {meta['cpus']} CPU cores, torch {meta['torch']}. One held-out fold "
              "(fold 0 of 5, per volume/slice group), seeds 0-2 per fraction; every pretext had the same "
              "pretraining wall-clock budget; fine-tuning identical for every init. Dice: mean ± 95% CI "
-             "(t-interval over the 3 seeds). Gain: (SSL - scratch) / scratch Dice.", ""]
+             "(t-interval over the 3 seeds). Gain: (SSL - scratch) / scratch Dice.", "",
+             *[f"- {n}" for n in meta.get("notes", [])], ""]
     for dataset in dict.fromkeys(r["dataset"] for r in table):
         sub = [r for r in table if r["dataset"] == dataset]
         classes = sub[0]["classes"]
@@ -151,8 +194,14 @@ def main() -> None:
     parser.add_argument("--out-runs", default="runs/bench_distortion")
     parser.add_argument("--out", default="benchmarks/results/distortion_seg.json")
     parser.add_argument("--set", action="append", default=[], help="extra config override for every entry")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="no runs: add provenance and notes to --out and rewrite its .md")
     args = parser.parse_args()
-    runs = Path(args.out_runs)
+    runs, out = Path(args.out_runs), Path(args.out)
+    if args.rebuild:
+        saved = json.loads(out.read_text())
+        write(out, saved["meta"], saved["rows"], runs, args.set)
+        return
     t0 = time.perf_counter()
     for dataset in args.datasets.split(","):
         for init in ENTRIES[dataset][1]:
@@ -163,8 +212,13 @@ def main() -> None:
             print(f"{dataset} {init}: {time.perf_counter() - t:.0f} s", flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "torch": torch.__version__,
             "machine": platform.machine(), "this_invocation_seconds": time.perf_counter() - t0}
-    table = summarise(runs)
-    out = Path(args.out)
+    write(out, meta, summarise(runs), runs, args.set)
+
+
+def write(out: Path, meta: dict, table: list[dict], runs: Path, extra: list[str]) -> None:
+    """Rows with their pretraining provenance, meta with the notes: ``out`` (.json) and its .md."""
+    table = [{**r, **provenance(r, runs, extra)} for r in table]
+    meta = {**meta, "notes": notes(table)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": table}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(table, meta) + "\n")

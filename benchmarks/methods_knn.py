@@ -114,7 +114,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
-             "kNN (k=20) and linear probe on frozen features, full train split -> test split. "
+             f"kNN ({meta.get('knn', 'k=20, sklearn 1/distance weights')}) and linear probe on frozen "
+             "features, full train split -> test split. "
              "`> random` compares kNN AUC with the random-init encoder's.", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}.", ""]
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/methods_knn.json")
+    parser.add_argument("--note", default="", help="a sentence for meta.note, printed under the title")
     args = parser.parse_args()
     precision = resolve_precision(args.precision)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -156,7 +158,10 @@ def main() -> None:
             "precision": "bf16" if precision else "fp32", "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "processor": platform.processor(),
-            "optimizer": {k: v for k, v in asdict(PretrainConfig()).items() if k in OPTIM_KEYS}}
+            "optimizer": {k: v for k, v in asdict(PretrainConfig()).items() if k in OPTIM_KEYS},
+            "knn": "Wu et al. 2018 vote: k=20, weights exp(cos/0.07)"}
+    if args.note:
+        meta["note"] = args.note.rstrip(".")
     rows: list[dict] = []
     out = Path(args.out)
     for flag in args.datasets.split(","):

@@ -1,7 +1,9 @@
 """Behaviour specific to one method: MoCo v2's queue, DINO's multi-crop, centering and schedule."""
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,3 +105,52 @@ def test_dino_prototype_layer_has_unit_norm_rows_and_the_norm_is_not_trained():
     assert torch.allclose(w.norm(dim=1), torch.ones(len(w)), atol=1e-5)
     g = model.head.last_layer.parametrizations.weight.original0
     assert not g.requires_grad
+
+
+@pytest.mark.parametrize("dims,size", [(2, 24), (3, 21)])
+def test_relative_location_labels_name_the_neighbours_actual_position(dims, size, monkeypatch):
+    from medssl.methods import create_method, relative_location
+    from medssl.registry import create_backbone
+
+    backbone = create_backbone("resnet18_small" if dims == 2 else "resnet10", dims, 1, width=0.125)
+    model = create_method("relative_location", backbone, dims, size, {"augment": False})
+    cell = size // 3
+    grid = torch.arange(3 ** dims, dtype=torch.float32).reshape([3] * dims)  # cell index, row-major
+    for axis in range(dims):
+        grid = grid.repeat_interleave(cell, axis)
+    x = (grid / 100).expand(12, 1, *[size] * dims).contiguous()  # every tile is one constant value
+    seen, labels = [], []
+    model.backbone.register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    logs = relative_location.classification_logs
+    monkeypatch.setattr(relative_location, "classification_logs",
+                        lambda logits, y: labels.append(y) or logs(logits, y))
+    model.training_step({"image": x})
+    centre, other = seen[0].chunk(2)
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=dims) if any(o)]  # row-major order
+    for b in range(len(x)):
+        assert centre[b].unique().tolist() == [pytest.approx((3 ** dims // 2) / 100)]
+        [value] = other[b].unique().tolist()
+        position = np.unravel_index(round(value * 100), [3] * dims)
+        offset = tuple(int(p) - 1 for p in position)
+        assert offsets[int(labels[0][b])] == offset
+    assert len(set(labels[0].tolist())) > 1
+
+
+def test_rubik_3d_cubes_are_the_permuted_cells_turned_by_their_label():
+    from medssl.methods import create_method
+    from medssl.registry import create_backbone
+
+    model = create_method("rubik", create_backbone("resnet10", 3, 1, width=0.125), 3, 16,
+                          {"crop_frac": 1.0, "augment": False})
+    x = torch.rand(3, 2, 16, 16, 16)
+    cubes, labels = model.scramble(x)
+    assert labels["turn"].unique().numel() > 1
+    for b in range(3):
+        perm = model.permutations[labels["order"][b]]
+        for i in range(8):
+            turn = int(labels["turn"][8 * b + i])  # 0: none; 1 + a: 180 degrees about axis a
+            cube = cubes[8 * b + i]
+            if turn:
+                cube = cube.flip([d for d in (1, 2, 3) if d != turn])  # the turn flips the other two axes
+            z, y, w = np.unravel_index(int(perm[i]), (2, 2, 2))
+            assert torch.equal(cube, x[b, :, 8 * z:8 * z + 8, 8 * y:8 * y + 8, 8 * w:8 * w + 8])

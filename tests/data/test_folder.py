@@ -140,6 +140,50 @@ def test_dicom_classification_loader_splits_by_patient(tmp_path):
         assert int(split.labels.sum()) * 2 == len(split)
 
 
+def patients_per_split(csv_path, monkeypatch, **kwargs):
+    """{split: set of raw patient ids} of load_csv_classification, read back through the images: the
+    reader is replaced by one whose image encodes the CSV row (pixel value 2 * row)."""
+    import csv
+
+    from medssl.data import folder
+
+    with open(csv_path, newline="") as f:
+        records = list(csv.DictReader(f))
+    row_of = {(csv_path.parent / r["file"]).resolve(): i for i, r in enumerate(records)}
+    monkeypatch.setattr(folder, "read_any_image", lambda path, window: np.full(
+        (8, 8), (2 * row_of[path.resolve()] + 0.5) / 255, np.float32))
+    data = load_csv_classification(csv_path, ["file", "contrast", "patient_id"], 8, "soft_tissue", **kwargs)
+    out = {}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        rows = [int(v) // 2 for v in split.images[:, 0, 0, 0]]
+        assert [int(records[r]["contrast"]) for r in rows] == split.labels.tolist()  # image and label agree
+        out[name] = {records[r]["patient_id"] for r in rows}
+    assert sum(len(getattr(data, n)) for n in out) == len(records)
+    return out, {r["patient_id"] for r in records}
+
+
+def _assert_patient_disjoint(splits, patients):
+    assert all(splits.values())
+    assert not splits["train"] & splits["val"] and not splits["train"] & splits["test"]
+    assert not splits["val"] & splits["test"] and set().union(*splits.values()) == patients
+
+
+@pytest.mark.parametrize("test_fold,seed", [(0, 0), (3, 1), (4, 7)])
+def test_dicom_csv_split_puts_each_patient_in_one_split(tmp_path, monkeypatch, test_fold, seed):
+    splits, patients = patients_per_split(_dicom_csv(tmp_path, patients=15), monkeypatch, folds=5,
+                                          test_fold=test_fold, seed=seed)
+    _assert_patient_disjoint(splits, patients)
+
+
+def test_real_tcia_dicom_split_puts_each_patient_in_one_split(data_dir, monkeypatch):
+    csv_path = data_dir / "tcia_ct_contrast_dicom" / "labels.csv"
+    for test_fold in range(5):
+        splits, patients = patients_per_split(csv_path, monkeypatch, folds=5, test_fold=test_fold, seed=0)
+        assert len(patients) == 54  # 100 slices, several patients with more than one
+        _assert_patient_disjoint(splits, patients)
+
+
 def test_tiny_dicom_classification_study_leaks_no_phi(tmp_path, capsys):
     csv_path = _dicom_csv(tmp_path / "data")
     sets = [f"output_dir={tmp_path / 'runs'}", "name=phi", "data.format=csv", f"data.path={csv_path}",

@@ -224,3 +224,27 @@ def test_local_shuffle_moves_each_pixel_only_inside_its_block(shape, frac, monke
             assert (d >= 0).all() and (s // side == d // side).all()  # the same block along this axis
         assert region.expand(shape).flatten().numpy()[moved].all()
     assert moved_any
+
+
+@pytest.mark.parametrize("fn,law", [(C.inpaint, (1 / 6, 1 / 3)), (C.outpaint, (3 / 7, 4 / 7))])
+@pytest.mark.parametrize("shape", [(400, 1, 42, 35), (100, 1, 21, 28, 42)])
+def test_painting_box_sizes_counts_and_noise_follow_the_reference_laws(fn, law, shape, monkeypatch):
+    from medssl.transforms.corruptions import painting
+
+    boxes, mask = [], painting.box_mask  # record the boxes the painting asks for
+    monkeypatch.setattr(painting, "box_mask", lambda lo, n, s: boxes.append((lo, n)) or mask(lo, n, s))
+    c = fn(torch.zeros(shape), gen(6))
+    [(lo, size)] = boxes
+    present = (size > 0).all(-1)  # [B, 5]
+    assert torch.equal(present, (size > 0).any(-1)) and present[:, 0].all()  # a box has all sides or none
+    assert (present.int().diff(dim=1) <= 0).all()  # box k exists only if box k - 1 does
+    # each further box exists with probability 0.95: mean count 1 + .95 + .95^2 + .95^3 + .95^4
+    assert present.sum(1).float().mean() == pytest.approx(sum(0.95 ** k for k in range(5)), abs=0.15)
+    for axis, n in enumerate(shape[2:]):
+        sides, starts = size[..., axis][present], lo[..., axis][present]
+        assert sides.min() == math.floor(n * law[0]) and sides.max() == math.floor(n * law[1])
+        assert (starts >= 3).all() and (starts + sides <= n - 3).all()  # 3-voxel margin, as in utils.py
+    region = c.meta["region"].expand(shape)
+    noise = c.input[region]
+    assert torch.equal(region, c.input > 0)  # zeros stay outside; inside, U(0, 1) noise
+    assert noise.mean() == pytest.approx(0.5, abs=0.01) and noise.std() == pytest.approx(12 ** -0.5, abs=0.01)

@@ -31,6 +31,10 @@ from medssl.report.report import read_results
 from medssl.report.segmentation import summarise_segmentation
 from medssl.study import run_study
 
+DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
+OLD_DICE_RULE = ("Scored before 6a66d92: a structure predicted in a case whose ground truth lacks it "
+                 "was left out of that case's Dice (NaN) instead of scoring 0; this can only matter for a "
+                 "test volume without one of the structures.")
 NNUNET = {"source": "Isensee et al., nnU-Net, Nat. Methods 18:203 (2021), MSD Task04 test set",
           "dice_anterior": 0.90, "dice_posterior": 0.89, "dice_mean": 0.895}
 
@@ -66,8 +70,9 @@ def notes(result: dict) -> list[str]:
     runs = len(ft["seeds"]) * len(folds)
     spread = ("each cell is a single fine-tuning run (no interval; run-to-run noise not measured)."
               if runs == 1 else f"± is the sample std over {runs} fine-tuning runs (seeds × folds) only.")
-    return [pool, f"One pretraining (seed {cfg['seed']}) serves every SSL row; {spread} "
-            "Pretraining-to-pretraining variation is not in any number here."]
+    lines = [pool, f"One pretraining (seed {cfg['seed']}) serves every SSL row; {spread} "
+             "Pretraining-to-pretraining variation is not in any number here."]
+    return lines + ([] if result.get("dice_rule") else [OLD_DICE_RULE])
 
 
 def markdown(result: dict) -> str:
@@ -133,6 +138,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = run_study(cfg, overwrite=True)
     result = {**summarise(run), "wall_seconds": time.perf_counter() - t0, "run_dir": str(run),
+              "dice_rule": DICE_RULE,
               "config": to_dict(cfg), "reference": NNUNET,
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                           "platform": platform.platform(),

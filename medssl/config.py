@@ -63,13 +63,18 @@ class Check:
             self.le is None or v <= self.le, self.lt is None or v < self.lt))
 
     def _range(self) -> str:
-        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
-        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        ge, gt, le, lt = (None if v is None else _num(v) for v in (self.ge, self.gt, self.le, self.lt))
+        low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
+        high = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
         if low and high:
             return f"in {low}, {high}"
         if low:
             return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
         return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}" if high else "a finite number"
+
+
+def _num(v: float | None) -> str:
+    return str(int(v)) if v is not None and float(v).is_integer() else f"{v:g}"
 
 
 # Declared value rules, shared by several keys.
@@ -236,6 +241,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise MedsslError(f"'{key}' must be {_type_name(tp)}, got {_short(value)}")
@@ -250,8 +260,8 @@ def _unknown(key: Any, names: list[str], prefix: str) -> str:
     """``'pretrain.epoch' (did you mean 'pretrain.epochs'?)``, or the known keys of the section."""
     close = difflib.get_close_matches(str(key), names, n=1)
     if close:
-        return f"'{prefix}{key}' (did you mean '{prefix}{close[0]}'?)"
-    return f"'{prefix}{key}' (known in {prefix[:-1] or 'the top level'}: {', '.join(names)})"
+        return f"{_short(f'{prefix}{key}')} (did you mean '{prefix}{close[0]}'?)"
+    return f"{_short(f'{prefix}{key}')} (known in {prefix[:-1] or 'the top level'}: {', '.join(names)})"
 
 
 def _build(cls: type, data: Any, prefix: str, problems: list[str], unknown: list[str]) -> Any:
@@ -300,15 +310,15 @@ def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"pretrain.epochs=5"`` -> (["pretrain", "epochs"], 5); the value is parsed as YAML."""
     if "=" not in text:
-        raise MedsslError(f"--set '{text}': expected key=value")
+        raise MedsslError(f"--set {_short(text)}: expected key=value")
     key, raw = text.split("=", 1)
     path = key.strip().split(".")
     if not all(path):
-        raise MedsslError(f"--set '{text}': empty key name before '='")
+        raise MedsslError(f"--set {_short(text)}: empty key name before '='")
     try:
         return path, yaml.safe_load(raw)
     except (yaml.YAMLError, RecursionError) as err:
-        raise MedsslError(f"--set '{text}': the value is not valid YAML") from err
+        raise MedsslError(f"--set {_short(text)}: the value is not valid YAML") from err
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -319,7 +329,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise MedsslError(f"--set '{text}': '{part}' is not a section")
+                raise MedsslError(f"--set {_short(text)}: {_short(part)} is not a section")
         node[path[-1]] = value
     return data
 

@@ -163,12 +163,14 @@ def read_label_csv(csv_path: str | Path,
             header = reader.fieldnames or []
             for col in (path_col, label_col, *([patient_col] if patient_col else [])):
                 if col not in header:
-                    shown = ", ".join(map(str, header))[:200]
+                    shown = " ".join(", ".join(map(str, header)).split())[:200]
                     raise MedsslError(f"{csv_path}: no column '{col}' (columns: {shown})")
             rows = []
             for line, rec in enumerate(reader, 2):
-                if None in rec.values() or None in rec:
-                    raise MedsslError(f"{csv_path}:{line}: expected {len(header)} fields, got another number")
+                if None in rec.values() or None in rec:  # DictReader's marks for short/long rows
+                    got = sum(v is not None for k, v in rec.items() if k is not None)
+                    got += len(rec.get(None) or [])
+                    raise MedsslError(f"{csv_path}:{line}: expected {len(header)} fields, got {got}")
                 rows.append(_label_row(csv_path, line, rec, path_col, label_col, patient_col))
     except UnicodeDecodeError as err:
         raise MedsslError(f"{csv_path}: not UTF-8 text (byte {err.start}); save the CSV as UTF-8") from err
@@ -183,17 +185,17 @@ def _label_row(csv_path: Path, line: int, rec: dict, path_col: str, label_col: s
                patient_col: str | None) -> LabelRow:
     rel = rec[path_col] or ""
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
-        raise MedsslError(f"{csv_path}:{line}: image path '{rel}' is absolute; paths must be relative "
+        raise MedsslError(f"{csv_path}:{line}: image path {rel!r} is absolute; paths must be relative "
                           "to the CSV's folder")
     if ".." in PureWindowsPath(rel).parts:  # also splits on "/"
-        raise MedsslError(f"{csv_path}:{line}: image path '{rel}' leaves the dataset folder ('..')")
+        raise MedsslError(f"{csv_path}:{line}: image path {rel!r} leaves the dataset folder ('..')")
     path = csv_path.parent / rel
     if not rel or not path.is_file():
-        raise MedsslError(f"{csv_path}:{line}: image file '{rel}' not found")
+        raise MedsslError(f"{csv_path}:{line}: image file {rel!r} not found")
     try:
         label = int(str(rec[label_col]).strip())
     except ValueError as err:
-        raise MedsslError(f"{csv_path}:{line}: label '{rec[label_col]}' is not an integer") from err
+        raise MedsslError(f"{csv_path}:{line}: label {rec[label_col]!r} is not an integer") from err
     group = pseudonym(str(rec[patient_col])) if patient_col and rec[patient_col] else stem(path)
     return LabelRow(path, label, group)
 

@@ -19,7 +19,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -247,7 +246,7 @@ def download_file(flag: str, size: int = 28, dest_dir: Path | None = None) -> Pa
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        print(f"medssl: downloading {url} -> {dest_dir / name}", file=sys.stderr)
+        print(f"medssl: downloading {url} -> {dest_dir / name}")  # progress; stderr is for errors
         _fetch(url, tmp)
         got = md5sum(tmp)
         if got != expected:

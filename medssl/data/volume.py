@@ -205,12 +205,22 @@ def _floats(ds, keyword: str) -> tuple[float, ...] | None:
 def read_dicom(path: str | Path) -> DicomSlice:
     """Read one single-frame DICOM file; apply the modality LUT (RescaleSlope/Intercept -> HU)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as err:  # never echo pydicom's message: it can quote header values
         raise MedsslError(f"{path}: not a readable DICOM file ({type(err).__name__})") from err
+    try:  # pydicom parses elements lazily: a damaged one fails on first access
+        return _dicom_slice(ds, path)
+    except MedsslError:
+        raise
+    except Exception as err:
+        raise MedsslError(f"{path}: DICOM header cannot be parsed ({type(err).__name__})") from err
+
+
+def _dicom_slice(ds, path: str | Path) -> DicomSlice:
+    from pydicom.pixels import apply_modality_lut
+
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise MedsslError(f"{path}: DICOM file has no pixel data")
     try:

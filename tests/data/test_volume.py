@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -141,3 +142,61 @@ def test_window_presets_are_the_usual_values():
     assert WINDOWS == {"lung": (-600, 1500), "soft_tissue": (40, 400), "bone": (400, 1800)}
     with pytest.raises(MedsslError, match="unknown CT window 'brain'"):
         apply_window(np.zeros(2), "brain")
+
+
+def _retag(path, **tags):
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(str(path))
+    return path
+
+
+@pytest.mark.parametrize("odd,needle", [
+    ({"ImageOrientationPatient": [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]},
+     "slice orientation [0, 1, 0, 0, 0, -1] differs from the series' [1, 0, 0, 0, 1, 0]"),
+    ({"PixelSpacing": [0.9, 0.9]}, "slice pixel spacing [0.9, 0.9] differs from the series' [0.5, 0.7]"),
+])
+def test_series_with_mixed_geometry_is_refused_naming_the_odd_slice(tmp_path, odd, needle):
+    paths = [write_dicom(tmp_path / f"{i}.dcm", np.zeros((3, 3), np.uint16), z=float(i)) for i in range(3)]
+    _retag(paths[2], **odd)
+    with pytest.raises(MedsslError) as err:
+        read_dicom_series(paths)
+    assert str(paths[2]) in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_series_with_differing_slice_sizes_is_refused(tmp_path):
+    a = write_dicom(tmp_path / "a.dcm", np.zeros((3, 3), np.uint16), z=0.0)
+    b = write_dicom(tmp_path / "b.dcm", np.zeros((3, 4), np.uint16), z=1.0)
+    with pytest.raises(MedsslError, match=re.escape(f"{b}: slice shape (3, 4) differs")):
+        read_dicom_series([a, b])
+
+
+def test_damaged_dicom_element_is_a_medssl_error(tmp_path):
+    """pydicom parses lazily: a bad VR inside the header fails on first access, not in dcmread."""
+    path = write_dicom(tmp_path / "a.dcm", np.zeros((2, 2), np.uint16), instance=1)
+    data = path.read_bytes()
+    at = data.index(b"\x20\x00\x13\x00IS")  # InstanceNumber, explicit VR "IS"
+    path.write_bytes(data[:at + 4] + b"I\x00" + data[at + 6:])  # an unknown VR
+    with pytest.raises(MedsslError, match="DICOM header cannot be parsed"):
+        read_dicom(path)
+
+
+def test_nifti_header_declaring_huge_or_missing_data_is_refused_before_reading(tmp_path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(tmp_path / "huge.nii"))
+    data = bytearray((tmp_path / "huge.nii").read_bytes())
+    struct.pack_into("<8h", data, 40, 3, 32000, 32000, 32000, 1, 1, 1, 1)  # ~120 TiB of float32
+    (tmp_path / "huge.nii").write_bytes(bytes(data))
+    with pytest.raises(MedsslError, match=r"huge.nii: header declares shape \(32000, 32000, 32000\)"):
+        read_nifti(tmp_path / "huge.nii")
+    big = tmp_path / "big.nii.gz"  # 128 MiB declared, a few bytes stored: no 128 MiB allocation
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((512, 512, 128))
+    hdr.set_data_dtype(np.float32)
+    big.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4 + b"\1" * 100))
+    with pytest.raises(MedsslError, match=re.escape("big.nii.gz: truncated: the header declares")):
+        read_nifti(big)

@@ -46,3 +46,4 @@ def test_distortion_notes_come_from_each_entry_config(pool, monkeypatch, tmp_pat
     assert ("saw the test fold's images (isbi2012)" in notes[0]) == (pool == "all")
     assert ("left out of pretraining: isbi2012" in notes[0]) == (pool == "train")
     assert "fine-tuning seeds only (3 per row)" in notes[-1] and "one pretraining (seed 0)" in notes[-1]
+    assert "before 6a66d92" in module.notes(table, {})[-1]  # an older file without meta.dice_rule

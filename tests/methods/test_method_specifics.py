@@ -35,9 +35,9 @@ def naive_infonce(q, k, queue, t):
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_moco_v2_enqueues_k2_after_a_loss_against_the_old_queue(symmetric, spatial_dims):
-    model = tiny_method("moco_v2", spatial_dims, queue_size=16, symmetric=symmetric)
+    model = tiny_method("moco_v2", spatial_dims, queue_size=10, symmetric=symmetric)
     b, t = 6, model.cfg.temperature
-    for _ in range(3):  # pointer 0, 6, 12: the last step wraps around the ring of 16
+    for _ in range(2):  # pointer 0, then 6: the second step wraps around the ring of 10
         loss, q, k, before, ptr = _moco_step(model, tiny_batch(spatial_dims, n=b))
         (q1, q2), (k1, k2) = q.detach().chunk(2), k.chunk(2)
         expected = naive_infonce(q1, k2, before, t)
@@ -45,11 +45,11 @@ def test_moco_v2_enqueues_k2_after_a_loss_against_the_old_queue(symmetric, spati
             expected = (expected + naive_infonce(q2, k1, before, t)) / 2
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
         loss.backward()  # the graph still holds the queue it used (no in-place change since)
-        rows = [(ptr + i) % 16 for i in range(b)]
+        rows = [(ptr + i) % 10 for i in range(b)]
         assert torch.allclose(model.queue[rows], F.normalize(k2, dim=1), atol=1e-6)
-        untouched = [i for i in range(16) if i not in rows]
+        untouched = [i for i in range(10) if i not in rows]
         assert torch.equal(model.queue[untouched], before[untouched])
-        assert int(model.queue_ptr) == (ptr + b) % 16
+        assert int(model.queue_ptr) == (ptr + b) % 10
         model.zero_grad()
 
 

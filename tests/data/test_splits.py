@@ -43,6 +43,9 @@ def test_holdout_split_never_puts_one_patient_in_two_splits(seed, test_fold):
     groups = _patients(seed=seed)
     split = holdout_split(groups, 5, test_fold, 0.2, seed)
     assert_disjoint_groups(split, groups)
+    names = {k: {groups[i] for i in split[k]} for k in ("train", "val", "test")}  # patient ids, directly
+    assert not names["train"] & names["val"] and not names["train"] & names["test"]
+    assert not names["val"] & names["test"]
     sets = [set(split[k]) for k in ("train", "val", "test")]
     assert sum(map(len, sets)) == len(groups) and set.union(*sets) == set(range(len(groups)))
     fold = group_kfold(groups, 5, seed)

@@ -223,6 +223,12 @@ CASES = [
          setup=lambda t: write(t / "afile", "x"), what="pretrain --out is a file"),
     Case("pretrain_out_exists", ["pretrain", "{cfg}", "--out", "{tmp}/old"], ("old: run directory exists",),
          setup=lambda t: (t / "old").mkdir(), what="pretrain --out exists, no --resume"),
+    Case("pretrain_fails_inside_fit", ["pretrain", "{cfg}", "--set", "pretrain.batch_size=100000"],
+         ("546 images are too few for batch size 100000",), trains=True,
+         what="`medssl pretrain` failing after its run dir was made (the dir is removed)"),
+    Case("study_fails_inside_fit", [*S, "--set", "pretrain.batch_size=100000"],
+         ("546 images are too few for batch size 100000",), trains=True,
+         what="study failing mid-run (only `<name>.incomplete` is left)"),
     Case("show_corruptions_out_in_a_file", ["show-corruptions", "{cfg}", "--out", "{tmp}/afile/x.png"],
          ("--out", "afile is a file"), setup=lambda t: write(t / "afile", "x"),
          what="figure path inside a file"),
@@ -268,6 +274,8 @@ CASES = [
     Case("csv_label_not_int", CSV,
          ("labels.csv:2: label 'benign' is not an integer",),
          setup=csv_dataset("a.png,benign,p1"), what="CSV label text"),
+    Case("csv_label_multiline", CSV, ("labels.csv:2: label 'be\\nnign' is not an integer",),
+         setup=csv_dataset('a.png,"be\nnign",p1'), what="CSV label with a quoted line break"),
     Case("csv_ragged_row", CSV,
          ("labels.csv:2: expected 3 fields",), setup=csv_dataset("a.png,0,p1,extra"),
          what="CSV row with an extra field"),
@@ -360,7 +368,9 @@ def test_bad_input_is_one_clear_line(case, tmp_path, monkeypatch):
     for needle in case.needles:
         assert needle.replace("<tmp>", str(tmp_path)) in lines[0], lines[0]
     new = {p for p in tmp_path.rglob("*")} - before
-    finished = [p for p in new if p.is_dir() and "runs" in p.parts and ".incomplete" not in str(p)]
+    runs = tmp_path / "runs"  # output_dir: only a `<name>.incomplete` run directory may appear in it
+    finished = [p for p in new if p.is_dir() and p.is_relative_to(runs) and p != runs
+                and not p.relative_to(runs).parts[0].endswith(".incomplete")]
     assert not finished, f"left behind: {finished}"
     assert not any(p.name in ("report.md", "encoder.safetensors") for p in new)
     assert not (tmp_path / "PWNED").exists(), "the hostile pickle was executed"

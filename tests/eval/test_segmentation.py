@@ -234,3 +234,48 @@ def test_overlay_png_is_written_for_2d_and_3d(tmp_path, shape):
     path = save_overlay(image, target, np.roll(target, 1, 0), tmp_path / "o.png", 3, "case")
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size[0] > 100
+
+
+class ThresholdNet(nn.Module):
+    """A one-parameter 'segmentation net': foreground where the image exceeds ``t``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = nn.Parameter(torch.tensor(0.5))
+
+    @property
+    def core(self) -> nn.Module:
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = (x > self.t).float()
+        return torch.cat([1 - fg, fg], 1) * 10
+
+
+def test_train_segmentation_keeps_the_best_validation_epoch(monkeypatch, tmp_path):
+    from medssl.eval import segmentation
+
+    target = np.zeros((8, 8), np.uint8)
+    target[2:6, 2:6] = 1
+    image = (target * 180 + 20).astype(np.uint8)  # 20 outside, 200 inside
+    thresholds = [0.05, 0.5, 0.9, 0.05]  # all foreground, exact, nothing, all foreground (the last)
+    dice_all = 2 * 16 / (16 + 64)
+
+    def fake_fit(net, images, labels, spec, run_dir, seed, *, on_epoch_end, **kw):
+        logs = []
+        for epoch, t in enumerate(thresholds):
+            with torch.no_grad():
+                net.t.fill_(t)
+            logs.append(on_epoch_end(epoch))
+        assert [v["val_dice"] for v in logs] == pytest.approx([dice_all, 1.0, 0.0, dice_all])
+        return SimpleNamespace(seconds=1.0, steps=4)
+
+    monkeypatch.setattr(segmentation, "fit", fake_fit)
+    net = ThresholdNet()
+    spec = SimpleNamespace(epochs=len(thresholds), batch_size=1)
+    train = (torch.from_numpy(image)[None, None], torch.from_numpy(target)[None])
+    out = segmentation.train_segmentation(net, train, ([image], [target]), spec, tmp_path, 0, 2, (8, 8),
+                                          0.25, val_checks=len(thresholds))
+    assert out["best_epoch"] == 1 and out["val_dice"] == 1.0
+    assert net.t.item() == 0.5  # the best epoch's weights are loaded back, not the last epoch's
+    assert load_weights(tmp_path / "model.safetensors")["t"].item() == 0.5

@@ -50,7 +50,8 @@ class Check:
         if self.choices and v not in self.choices:
             close = difflib.get_close_matches(str(v), self.choices, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            return f"must be one of {', '.join(self.choices)}, got {v!r}{hint}"
+            options = ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}"
+            return f"must be {options}, got {v!r}{hint}"
         if self.plain_name and (not v or v in (".", "..") or "/" in v or "\\" in v):
             return f"must be a plain folder name (no '/', not '.' or '..'), got {v!r}"
         if isinstance(v, (int, float)) and not self._in_range(v):

@@ -347,8 +347,8 @@ def documented() -> dict[str, str]:
 
 def study_modules() -> list:
     """The loaded medssl modules (study drivers included) that may hold a reference to ``fit``."""
-    for name in ("medssl.study", "medssl.seg_study", "medssl.studies.pretrain",
-                 "medssl.studies.classification"):
+    for name in ("medssl.study", "medssl.seg_study", "medssl.studies", "medssl.studies.pretrain",
+                 "medssl.studies.classification", "medssl.studies.segmentation"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     return [m for n, m in list(sys.modules.items()) if n.startswith("medssl") and m is not None]

@@ -217,7 +217,7 @@ def _missing_message(flag: str, size: int, path: str | os.PathLike | None, why: 
     if path is not None:
         where = str(Path(path).expanduser() / name)
     elif env:
-        where = str(Path(env).expanduser() / name)
+        where = f"{Path(env).expanduser() / name} (${DATA_DIR_ENV})"
     else:
         where = f"{cache_dir() / name} (or set ${DATA_DIR_ENV} to its folder)"
     return f"{name} not found ({why}); get it from {official_url(flag, size)} and place it at {where}"

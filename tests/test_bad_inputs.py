@@ -354,6 +354,9 @@ def study_modules() -> list:
     return [m for n, m in list(sys.modules.items()) if n.startswith("medssl") and m is not None]
 
 
+study_modules()  # import torch and the study drivers at collection, not inside the first case
+
+
 def isolate(case: Case, monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
     """No network, a scratch cache, and (unless the case needs it) no training: a bad input must
     fail before training, so a regressed check fails fast instead of training."""

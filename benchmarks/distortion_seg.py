@@ -33,7 +33,7 @@ from scipy import stats
 
 from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
-from medssl.study import run_study
+from medssl.studies import run_study
 
 GENESIS = ["pretrain.method=genesis", "pretrain.method_args={}"]
 DENSE_2D = ["pretrain.method=distortion_dense", "segmentation.load_decoder=true"]

@@ -29,7 +29,7 @@ import torch
 from medssl.config import load_config, to_dict
 from medssl.report.report import read_results
 from medssl.report.segmentation import summarise_segmentation
-from medssl.study import run_study
+from medssl.studies import run_study
 
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
 OLD_DICE_RULE = ("Scored before 6a66d92: a structure predicted in a case whose ground truth lacks it "

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="pretrain, then fine-tune at label fractions vs scratch")
     _add_config_args(p, config_required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue <name>.incomplete: keep finished cells, redo the killed one")
 
     p = sub.add_parser("pretrain", help="pretrain an encoder only")
     _add_config_args(p, config_required=False)
@@ -109,17 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_study(args: argparse.Namespace) -> None:
     from medssl.config import load_config
-    from medssl.study import run_study
+    from medssl.studies import run_study
 
     cfg = load_config(args.config, args.set)
     check_writable_dir(Path(cfg.output_dir), "output_dir")
-    run_dir = run_study(cfg, overwrite=args.overwrite)
+    run_dir = run_study(cfg, overwrite=args.overwrite, resume=args.resume)
     console.print(f"report: {run_dir / 'report.md'}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from medssl.config import load_config, save_config
-    from medssl.study import pretrain, validate
+    from medssl.studies import check_study, pretrain, task_for
 
     overrides = list(args.set)
     overrides += [f"pretrain.method={args.method.replace('-', '_')}"] if args.method else []
@@ -131,11 +133,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     if out.exists() and not args.resume:
         raise MedsslError(f"{out}: run directory exists; pass --resume or choose --out")
     check_writable_dir(out, "--out")
-    data = validate(cfg)
+    pool = task_for(cfg).pretrain_pool(cfg, check_study(cfg), None)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     try:
-        pretrain(cfg, data, out, resume=args.resume)
+        pretrain(cfg, pool, out, resume=args.resume)
     except KeyboardInterrupt:
         raise
     except Exception:
@@ -165,7 +167,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_show_corruptions(args: argparse.Namespace) -> None:
-    from medssl.report.corruption_grid import show_corruptions
+    from medssl.inspection.corruption_grid import show_corruptions
 
     overrides = list(args.set) + ([f"data.dataset={args.dataset}"] if args.dataset else [])
     names = [n.strip() for n in args.corruptions.split(",")] if args.corruptions else None
@@ -175,7 +177,7 @@ def _cmd_show_corruptions(args: argparse.Namespace) -> None:
 
 
 def _cmd_show_distortions(args: argparse.Namespace) -> None:
-    from medssl.report.distortion_viz import show_distortions
+    from medssl.inspection.distortion_viz import show_distortions
 
     check_writable_dir(Path(args.out).parent, "--out")
     out = show_distortions(args.checkpoint, Path(args.out), args.n, args.seed, args.set)

@@ -1,44 +1,6 @@
-"""Backbone registry (after timm's ``register_model`` / ``create_model``).
+"""Public entry point of the backbone registry: importing it registers the built-in backbones."""
 
-A backbone factory takes ``(spatial_dims, in_channels, **kwargs)`` and returns an ``nn.Module``
-with ``num_features``, ``forward(x) -> [B, F]`` (pooled) and ``forward_features(x)``: a feature map
-``[B, F, *spatial]`` for CNNs (which also give ``stages(x)`` for U-Net decoders), tokens
-``[B, 1 + N, F]`` for ViTs.
-"""
+import medssl.models.backbones  # noqa: F401  (registers resnet*, vit_*)
+from medssl.models.registry import backbone_names, create_backbone, register_backbone
 
-from __future__ import annotations
-
-from collections.abc import Callable
-
-from torch import nn
-
-from medssl.errors import MedsslError
-
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register a backbone factory under its function name."""
-    if fn.__name__ in _BACKBONES:
-        raise ValueError(f"backbone '{fn.__name__}' registered twice")
-    _BACKBONES[fn.__name__] = fn
-    return fn
-
-
-def backbone_names() -> list[str]:
-    import medssl.models.backbones  # noqa: F401  (registers the built-in backbones)
-
-    return sorted(_BACKBONES)
-
-
-def create_backbone(name: str, spatial_dims: int = 2, in_channels: int = 1, **kwargs) -> nn.Module:
-    """Build registered backbone ``name`` for ``spatial_dims`` (2 or 3) and ``in_channels``.
-
-    ``kwargs`` go to the factory: ``width`` (channel multiplier), ``img_size`` (input side length).
-    """
-    names = backbone_names()
-    if name not in _BACKBONES:
-        raise MedsslError(f"unknown backbone '{name}'; known: {', '.join(names)}")
-    if spatial_dims not in (2, 3):
-        raise MedsslError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    return _BACKBONES[name](spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+__all__ = ["backbone_names", "create_backbone", "register_backbone"]

@@ -23,6 +23,7 @@ from medssl.config import PretrainConfig
 from medssl.engine import fit, seed_everything
 from medssl.engine import trainer as trainer_module
 from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from medssl.errors import MedsslError
 from medssl.methods import create_method
 from medssl.registry import create_backbone
 
@@ -172,3 +173,20 @@ def test_sigkilled_pretrain_resumes_to_the_same_weights(tmp_path, data_dir):
 def _step(path) -> int:
     with safe_open(str(path), "pt") as f:  # reads the header only: fast while the run goes on
         return dict(json.loads(f.metadata()["train_state"])["__dict__"])["step"]
+
+
+def test_resuming_another_model_is_a_one_line_error(tmp_path):
+    data = torch.randint(0, 256, (20, 1, 12, 12), dtype=torch.uint8)
+    train("simclr", 2, data, tmp_path)
+    with pytest.raises(MedsslError, match="checkpoint does not match this model"):
+        train("byol", 2, data, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("skeleton", ['{"__ndarray__": 5}', "[" * 100_000, '{"__tensor__": "nope"}', "3"])
+def test_a_damaged_training_state_is_a_one_line_error(tmp_path, skeleton):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "checkpoint.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"train_state": skeleton})
+    with pytest.raises(MedsslError, match="holds no readable training state"):
+        load_checkpoint(path)

@@ -12,7 +12,7 @@ import pytest
 from medssl.cli import main
 from medssl.config import load_config
 from medssl.data.splits import assert_disjoint_groups
-from medssl.seg_study import validate_segmentation
+from medssl.studies.segmentation import load_checked as validate_segmentation
 
 TINY = ["model.width=0.125", "pretrain.epochs=1", "pretrain.batch_size=8", "finetune.epochs=1",
         "finetune.min_steps=2", "finetune.batch_size=4", "finetune.seeds=[0]", "engine.precision=fp32",
@@ -178,9 +178,9 @@ def test_bad_segmentation_data_is_a_one_line_error_and_nothing_is_written(tmp_pa
 def test_config_mistakes_fail_before_any_data_is_read(tmp_path, capsys):
     for sets, needle in ((["segmentation.class_names=[a]"], "1 names for 2 foreground classes"),
                          (["segmentation.test_folds=[5]"], "test_folds [5]"),
-                         (["task=detection"], "task must be classification or segmentation"),
+                         (["task=detection"], "'task' must be classification or segmentation"),
                          (["segmentation.network=maskrcnn"], "fine-tunes a distortion_maskrcnn detector"),
-                         (["segmentation.network=yolo"], "network must be unet or maskrcnn")):
+                         (["segmentation.network=yolo"], "'segmentation.network' must be unet or maskrcnn")):
         code = main(_args("configs/hippocampus.yaml", tmp_path, "bad", [*sets, "data.path=/nonexistent"]))
         err = capsys.readouterr().err
         assert code == 2 and needle in err, err

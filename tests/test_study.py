@@ -66,13 +66,13 @@ class Killed(BaseException):
 
 
 def resumed_study(tmp_path, monkeypatch):
-    from medssl import study
     from medssl.config import load_config
     from medssl.engine import trainer
+    from medssl.studies import classification, run_study
 
     cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *TINY, "name=b",
                                             "engine.checkpoint_steps=3", "engine.log_every=1"])
-    save, cell = trainer._save_checkpoint, study._rows_for_subset
+    save, cell = trainer._save_checkpoint, classification.ClassificationTask.run_cell
     calls = []
 
     def save_then_die(model, optimizer, run_dir, step, *args):
@@ -80,25 +80,25 @@ def resumed_study(tmp_path, monkeypatch):
         if step == 3:  # of 8 pretraining steps
             raise Killed
 
-    def cell_then_die(*args):
-        calls.append(args[3:6])  # init, fraction, seed
-        rows = cell(*args)
+    def cell_then_die(self, cfg, data, split, c, *args):
+        calls.append((c.init, c.fraction, c.seed))
+        rows = cell(self, cfg, data, split, c, *args)
         if len(calls) == 3:
             raise Killed  # finished its work but not its rows.json: it must be redone
         return rows
 
     monkeypatch.setattr(trainer, "_save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        study.run_study(cfg)
+        run_study(cfg)
     assert not (tmp_path / "b").exists() and (tmp_path / "b.incomplete").is_dir()
     monkeypatch.setattr(trainer, "_save_checkpoint", save)
-    monkeypatch.setattr(study, "_rows_for_subset", cell_then_die)
+    monkeypatch.setattr(classification.ClassificationTask, "run_cell", cell_then_die)
     with pytest.raises(Killed):
-        study.run_study(cfg, resume=True)
+        run_study(cfg, resume=True)
     log = [json.loads(x) for x in (tmp_path / "b.incomplete/pretrain/log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))  # 1-3, then 4-8 once each
     calls.clear()
-    out = study.run_study(cfg, resume=True)
+    out = run_study(cfg, resume=True)
     assert calls == [("ssl", 1.0, 0), ("scratch", 1.0, 0)]  # the killed cell again, then the last one
     return out
 

@@ -4,7 +4,7 @@ Cases are image/mask pairs matched by file name. Each image is normalised once (
 percentile clip + min-max to uint8; 2D 8-bit images are kept as stored) and kept at its own shape
 for evaluation; :meth:`SegmentationData.stack` pads/crops cases to one shape for training batches.
 
-The object also serves :func:`medssl.study.pretrain` (duck-typed like a MedMNIST dataset):
+The object also serves :func:`medssl.studies.pretrain` (duck-typed like a MedMNIST dataset):
 ``train.images`` is the unlabelled pool (3D: whole volumes padded to ``shape``; 2D: non-overlapping
 ``size`` x ``size`` tiles of every image), plus ``spatial_dims``, ``in_channels`` and ``size``.
 """
@@ -46,7 +46,7 @@ class Pool:
 
 @dataclass(frozen=True, eq=False)
 class PretrainData:
-    """What :func:`medssl.study.pretrain` reads from a dataset."""
+    """What :func:`medssl.studies.pretrain` reads from a dataset."""
 
     train: Pool
     spatial_dims: int

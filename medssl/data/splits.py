@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from medssl.data.subsets import label_fraction_indices
-from medssl.engine.checkpoint import atomic_write
 from medssl.errors import MedsslError
+from medssl.io import atomic_write
 
 
 def group_kfold(groups: Sequence[str], k: int, seed: int) -> np.ndarray:

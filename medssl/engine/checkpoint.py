@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medssl.errors import MedsslError
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash cannot leave it empty
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+from medssl.io import atomic_write
 
 
 def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -129,7 +108,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         with safe_open(str(path), "pt") as f:
             skeleton = json.loads((f.metadata() or {})["train_state"])
         state = _unpack(skeleton, tensors)
-    except (KeyError, ValueError, TypeError) as err:
+        if not isinstance(state, dict):
+            raise TypeError("the training state is not a mapping")
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:
         raise MedsslError(f"{path}: holds no readable training state; cannot resume from it") from err
     return _weights_only(tensors), state
 

@@ -286,8 +286,12 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path | 
     if path is None or not path.is_file():
         return {"step": 0, "elapsed": 0.0}
     weights, state = load_checkpoint(path)
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise MedsslError(f"{path}: checkpoint does not match this model (another method, backbone or "
+                          "width?); resume with the config it was written with") from err
     set_rng_state(state["rng"])
     console.log(f"resumed {run_dir} at step {state['step']}")
     return state

@@ -18,6 +18,7 @@ from torch import nn
 from medssl.config import from_dict
 from medssl.errors import MedsslError
 from medssl.methods._common import save_shared_once
+from medssl.methods.table import SINGLE_METHODS
 from medssl.transforms.augment import ViewAugment
 
 
@@ -36,11 +37,9 @@ class ComboConfig:
 
 def task_configs(cfg: ComboConfig) -> dict[str, Any]:
     """Each task's config dataclass; unknown tasks, bad weights or bad args are MedsslErrors."""
-    from medssl.methods import METHODS  # the table imports this module
-
     if not cfg.weights:
         raise MedsslError("combo: 'weights' lists no task; e.g. {genesis: 1.0, simclr: 0.5}")
-    known = sorted(set(METHODS) - {"combo"})
+    known = sorted(SINGLE_METHODS)
     for name, weight in cfg.weights.items():
         if name not in known:
             raise MedsslError(f"combo: unknown task '{name}'; known: {', '.join(known)}")
@@ -49,7 +48,7 @@ def task_configs(cfg: ComboConfig) -> dict[str, Any]:
     extra = sorted(set(cfg.args) - set(cfg.weights))
     if extra:
         raise MedsslError(f"combo: 'args' for '{extra[0]}', which is not in 'weights'")
-    return {name: from_dict(METHODS[name][1], cfg.args.get(name) or {}, f"combo task '{name}'",
+    return {name: from_dict(SINGLE_METHODS[name][1], cfg.args.get(name) or {}, f"combo task '{name}'",
                             f"pretrain.method_args.args.{name}.") for name in cfg.weights}
 
 
@@ -58,13 +57,11 @@ class Combo(nn.Module):
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: ComboConfig) -> None:
         super().__init__()
-        from medssl.methods import METHODS
-
         self.backbone, self.cfg = backbone, cfg
         tasks = {}
         for name, task_cfg in task_configs(cfg).items():
             try:
-                tasks[name] = METHODS[name][0](backbone, augment, task_cfg)
+                tasks[name] = SINGLE_METHODS[name][0](backbone, augment, task_cfg)
             except MedsslError as err:
                 raise MedsslError(f"combo: task '{name}' cannot share the {type(backbone).__name__} "
                                   f"encoder: {err}") from None

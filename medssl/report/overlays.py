@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl.engine.checkpoint import atomic_write
+from medssl.io import atomic_write
 
 
 def centre_index(target: np.ndarray, image_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNet, get_inplanes
 from torch import nn
 
-from medssl.registry import register_backbone
+from medssl.models.registry import register_backbone
 
 
 class ResNetBackbone(nn.Module):

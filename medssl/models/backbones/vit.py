@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
 from torch import nn
 
-from medssl.registry import register_backbone
+from medssl.models.registry import register_backbone
 
 
 class ViTBackbone(nn.Module):

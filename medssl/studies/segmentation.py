@@ -1,56 +1,87 @@
-"""A segmentation study (``task: segmentation``): pretrain once, then for each test fold x seed x
-label fraction x init, fine-tune a U-Net whose encoder is the registered backbone and evaluate it.
+"""Segmentation task (``task: segmentation``): per test fold x seed x label fraction x init, fine-tune
+a U-Net whose encoder is the registered backbone (or, ``segmentation.network: maskrcnn``, the whole
+pretrained Self-supervised Mask R-CNN) and score it per case.
 
-Run directory (written as ``<name>.incomplete`` and renamed to ``<name>`` only on success)::
+Run directory, besides what the grid writes::
 
-    config.yaml                                   the resolved config
     splits/fold<k>.json                           patient-level train/val/test case indices + names
-    pretrain/  log.jsonl encoder.safetensors checkpoint.safetensors state.pt
     segment/fold<k>/<init>_f<fraction>_s<seed>/   subset_indices.json log.jsonl model.safetensors
-                                                  overlays/<case>.png
-    results.jsonl                                 one "segmentation" row per run (Dice/IoU/HD95 per class)
-    report.md                                     made from results.jsonl alone
+                                                  overlays/<case>.png rows.json
+    results.jsonl                                 one "segmentation" row per cell (Dice/IoU/HD95 per class)
 """
 
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.console import Console
 
 from medssl.config import StudyConfig
-from medssl.data.segmentation import SegmentationData, load_segmentation, resolve_root
+from medssl.data.segmentation import PretrainData, SegmentationData, load_segmentation, resolve_root
 from medssl.data.splits import assert_disjoint_groups, group_fraction, holdout_split, save_split
 from medssl.data.subsets import save_indices
 from medssl.engine import resolve_precision, seed_everything
-from medssl.engine.checkpoint import load_weights
 from medssl.errors import MedsslError
 from medssl.eval.instance_finetune import InstanceSegNet, load_pretrained_detector
 from medssl.eval.segmentation import SegmentationNet, evaluate, load_pretrained, train_segmentation
 from medssl.methods import method_config
 from medssl.models.maskrcnn import build_mask_rcnn
 from medssl.models.unet import UNet
-from medssl.registry import create_backbone
 from medssl.report.overlays import save_overlay
-from medssl.rundir import append_row, finish_run, run_cell, start_run
+from medssl.studies.grid import Cell, Pretrained
+from medssl.studies.pretrain import build_backbone
 
 console = Console(stderr=True)
 
 
+class SegmentationTask:
+    """NIfTI volumes or 2D image folders with masks; patient-level folds."""
+
+    def load(self, cfg: StudyConfig) -> SegmentationData:
+        return load_checked(cfg)
+
+    def info(self, cfg: StudyConfig, data: SegmentationData) -> dict[str, Any]:
+        return {"task": "segmentation", "dataset": data.name, "method": cfg.pretrain.method,
+                "backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims}
+
+    def folds(self, cfg: StudyConfig, data: SegmentationData, work: Path) -> dict[int, dict]:
+        seg, splits = cfg.segmentation, {}
+        for fold in seg.test_folds:
+            splits[fold] = holdout_split(data.groups, seg.folds, fold, seg.val_fraction, cfg.seed)
+            assert_disjoint_groups(splits[fold], data.groups)
+            save_split(work / "splits" / f"fold{fold}.json", splits[fold], fold=fold, folds=seg.folds,
+                       seed=cfg.seed, cases={k: [data.cases[i] for i in v] for k, v in splits[fold].items()})
+        return splits
+
+    def pretrain_pool(self, cfg: StudyConfig, data: SegmentationData,
+                      folds: dict[int, dict] | None) -> PretrainData:
+        # pretrain_pool=train (a single test fold) keeps the test cases' images out of pretraining
+        if folds is None or cfg.segmentation.pretrain_pool == "all":
+            return data.pretrain_data()
+        return data.pretrain_data(folds[cfg.segmentation.test_folds[0]]["test"])
+
+    def needs_checkpoint(self, cfg: StudyConfig) -> bool:
+        return cfg.segmentation.load_decoder or cfg.segmentation.network == "maskrcnn"
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return Path("segment") / f"fold{cell.fold}" / f"{cell.init}_f{cell.fraction:g}_s{cell.seed}"
+
+    def run_cell(self, cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
+                 pretrained: Pretrained | None, run_dir: Path) -> list[dict[str, Any]]:
+        return [_one_run(cfg, data, split, cell, pretrained, run_dir)]
+
+    def describe(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
+        return (f"fold {cell.fold} {cell.init} fraction={cell.fraction:g} seed={cell.seed}: "
+                f"Dice {rows[0]['dice_mean']:.3f}")
+
+
 def _check_config(cfg: StudyConfig) -> None:
-    """Every config check that needs no data."""
+    """The segmentation config checks that need no data (the common ones are in ``check_study``)."""
     seg, ft = cfg.segmentation, cfg.finetune
-    method_config(cfg.pretrain.method, cfg.pretrain.method_args)
-    resolve_precision(cfg.engine.precision)
-    for f in ft.fractions:
-        if not 0 < f <= 1:
-            raise MedsslError(f"finetune.fractions: {f} is not in (0, 1]")
-    if set(ft.inits) - {"ssl", "scratch"} or not ft.inits:
-        raise MedsslError(f"finetune.inits: {ft.inits}; use ssl and/or scratch")
     if len(seg.label_values) < 2 or len(set(seg.label_values)) != len(seg.label_values):
         raise MedsslError(f"segmentation.label_values {seg.label_values}: need >= 2 distinct values")
     if len(seg.class_names) != len(seg.label_values) - 1:
@@ -73,8 +104,8 @@ def _check_config(cfg: StudyConfig) -> None:
         raise MedsslError("segmentation: group_size and val_checks must be >= 1, sw_overlap in [0, 1)")
 
 
-def validate_segmentation(cfg: StudyConfig) -> SegmentationData:
-    """Check config and data before any file is written; return the loaded dataset."""
+def load_checked(cfg: StudyConfig) -> SegmentationData:
+    """Check the segmentation config and data before any file is written; return the dataset."""
     _check_config(cfg)
     seg = cfg.segmentation
     data = load_segmentation(cfg.data.dataset, resolve_root(cfg.data.dataset, cfg.data.path), seg,
@@ -86,41 +117,14 @@ def validate_segmentation(cfg: StudyConfig) -> SegmentationData:
     if cfg.segmentation.network == "maskrcnn" and data.spatial_dims != 2:
         raise MedsslError("segmentation.network=maskrcnn is 2D: set segmentation.slice_axis for volumes")
     new_unet(cfg, data)  # unknown backbone names fail here
-    if cfg.pretrain.checkpoint:
-        load_weights(Path(cfg.pretrain.checkpoint))
     return data
 
 
 def new_unet(cfg: StudyConfig, data: SegmentationData) -> UNet:
-    backbone = create_backbone(cfg.model.backbone, data.spatial_dims, data.in_channels,
-                               width=cfg.model.width, img_size=data.size)
+    backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
     if not hasattr(backbone, "stages"):
         raise MedsslError(f"backbone '{cfg.model.backbone}' has no feature stages for a U-Net decoder")
     return UNet(backbone, data.num_classes)
-
-
-def _pretrained(cfg: StudyConfig, data: SegmentationData, work: Path, split: dict,
-                results: Path, info: dict, resume: bool) -> tuple[dict | None, dict | None]:
-    """(encoder state, full checkpoint state or None) for the ``ssl`` init."""
-    if "ssl" not in cfg.finetune.inits:
-        return None, None
-    from medssl.study import pretrain
-
-    if cfg.pretrain.checkpoint:
-        path = Path(cfg.pretrain.checkpoint)
-        stats: dict[str, Any] = {"checkpoint": str(path)}
-        full = path
-    else:
-        exclude = split["test"] if cfg.segmentation.pretrain_pool == "train" else ()
-        pool = data.pretrain_data(exclude)
-        [stats] = run_cell(work / "pretrain", lambda: [
-            {**pretrain(cfg, pool, work / "pretrain", resume), "pool": len(pool.train)}],
-            clear=False)  # a killed pretraining continues from its checkpoint
-        path, full = work / "pretrain" / "encoder.safetensors", work / "pretrain" / "checkpoint.safetensors"
-    append_row(results, {"protocol": "pretrain", **info, **stats})
-    whole = cfg.segmentation.load_decoder or cfg.segmentation.network == "maskrcnn"
-    checkpoint = load_weights(full) if whole else None
-    return load_weights(path), checkpoint
 
 
 def nothing_loaded() -> dict[str, list[str]]:
@@ -129,11 +133,11 @@ def nothing_loaded() -> dict[str, list[str]]:
 
 
 def new_instance_net(cfg: StudyConfig, data: SegmentationData, init: str,
-                     checkpoint: dict | None) -> tuple[InstanceSegNet, dict[str, list[str]]]:
+                     checkpoint: dict[str, torch.Tensor] | None
+                     ) -> tuple[InstanceSegNet, dict[str, list[str]]]:
     """The instance route: a Mask R-CNN (detector sized like the pretraining one), loaded with every
     pretrained detector tensor that fits for the ``ssl`` init; returns it and the key report."""
-    backbone = create_backbone(cfg.model.backbone, 2, data.in_channels, width=cfg.model.width,
-                               img_size=max(data.shape))
+    backbone = build_backbone(cfg.model, 2, data.in_channels, max(data.shape))
     mc = method_config("distortion_maskrcnn", cfg.pretrain.method_args if init == "ssl" else {})
     c = data.in_channels
     detector = build_mask_rcnn(backbone, data.num_classes, max(data.shape), restoration=False,
@@ -150,9 +154,10 @@ def new_instance_net(cfg: StudyConfig, data: SegmentationData, init: str,
     return InstanceSegNet(detector, data.num_classes, cfg.finetune.augment), loaded
 
 
-def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, seed: int,
-             fraction: float, init: str, weights: tuple, run_dir: Path) -> dict[str, Any]:
+def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
+             pretrained: Pretrained | None, run_dir: Path) -> dict[str, Any]:
     """Fine-tune one model on a label fraction of the fold's training cases; test it."""
+    fold, seed, fraction, init = cell.fold, cell.seed, cell.fraction, cell.init
     seg, precision = cfg.segmentation, resolve_precision(cfg.engine.precision)
     idx = group_fraction(split["train"], data.groups, fraction, seed)
     save_indices(run_dir / "subset_indices.json", idx, fraction=fraction, seed=seed, fold=fold,
@@ -160,21 +165,21 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
                  cases=[data.cases[i] for i in idx])
     seed_everything(seed)
     if seg.network == "maskrcnn":
-        net, loaded = new_instance_net(cfg, data, init, weights[1])
+        net, loaded = new_instance_net(cfg, data, init, pretrained.checkpoint if pretrained else None)
         roi = list(data.shape)  # whole (padded) images
     else:
         unet = new_unet(cfg, data)
         loaded = nothing_loaded()
-        if init == "ssl":
-            loaded = load_pretrained(unet, weights[0], weights[1])
+        if pretrained is not None:
+            loaded = load_pretrained(unet, pretrained.encoder, pretrained.checkpoint)
         net = SegmentationNet(unet, seg.crop, cfg.finetune.augment,
                               freeze_encoder=seg.freeze_encoder and init == "ssl",
                               encoder_lr_scale=seg.encoder_lr_scale if init == "ssl" else 1.0)
         roi = seg.sw_roi or seg.crop
-    if init == "ssl":
+    if pretrained is not None:
         console.log(f"{run_dir.name}: loaded {len(loaded['encoder_loaded'])} encoder tensors"
                     + (f"; decoder/heads: {len(loaded['decoder_loaded'])} loaded, missing "
-                       f"{loaded['decoder_missing'] or 'none'}" if weights[1] is not None else ""))
+                       f"{loaded['decoder_missing'] or 'none'}" if pretrained.checkpoint is not None else ""))
     val = ([data.images[i] for i in split["val"]], [data.labels[i] for i in split["val"]])
     fit_stats = train_segmentation(net, data.stack(idx), val, cfg.finetune, run_dir, seed,
                                    data.num_classes, roi, seg.sw_overlap, precision,
@@ -186,7 +191,8 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, fold: int, s
                             precision, keep=seg.overlays)
     overlays = [_overlay(data, run_dir, int(test[k]), p, f"{init}, {fraction:.0%} of labels, fold {fold}")
                 for k, p in enumerate(preds)]
-    row = {"init": init, "fraction": fraction, "seed": seed, "fold": fold, "n_labelled": len(idx),
+    row = {"protocol": "segmentation", "init": init, "fraction": fraction, "seed": seed, "fold": fold,
+           "n_labelled": len(idx),
            "n_labelled_groups": len(set(data.groups[i] for i in idx)),
            "n_test": len(test), "classes": data.class_names, **_metric_fields(means, data.class_names),
            **fit_stats, "test_seconds": time.perf_counter() - t0, "overlays": overlays,
@@ -212,34 +218,4 @@ def _overlay(data: SegmentationData, run_dir: Path, case: int, pred: np.ndarray,
     path = save_overlay(data.images[case], data.labels[case], pred,
                         run_dir / "overlays" / f"{data.cases[case]}.png", data.num_classes,
                         f"{data.cases[case]}: {title}")
-    return str(path.relative_to(run_dir.parents[2]))
-
-
-def run_segmentation_study(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -> Path:
-    """Run the whole segmentation study; returns the finished run directory. ``resume`` continues
-    a killed one (see ``medssl.rundir``)."""
-    data = validate_segmentation(cfg)
-    work, final = start_run(cfg, overwrite, resume)
-    t0, seg = time.perf_counter(), cfg.segmentation
-    info = {"task": "segmentation", "dataset": data.name, "method": cfg.pretrain.method,
-            "backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims}
-    results = work / "results.jsonl"
-    splits = {}
-    for fold in seg.test_folds:
-        splits[fold] = holdout_split(data.groups, seg.folds, fold, seg.val_fraction, cfg.seed)
-        assert_disjoint_groups(splits[fold], data.groups)
-        save_split(work / "splits" / f"fold{fold}.json", splits[fold], fold=fold, folds=seg.folds,
-                   seed=cfg.seed, cases={k: [data.cases[i] for i in v] for k, v in splits[fold].items()})
-    weights = _pretrained(cfg, data, work, splits[seg.test_folds[0]], results, info, resume)
-    for fold in seg.test_folds:
-        for seed in cfg.finetune.seeds:
-            for fraction in cfg.finetune.fractions:
-                for init in cfg.finetune.inits:
-                    run_dir = work / "segment" / f"fold{fold}" / f"{init}_f{fraction:g}_s{seed}"
-                    [row] = run_cell(run_dir, partial(_one_cell, cfg, data, splits[fold], fold, seed,
-                                                      fraction, init, weights, run_dir))
-                    append_row(results, {"protocol": "segmentation", **info, **row})
-                    console.log(f"fold {fold} {init} fraction={fraction:g} seed={seed}: "
-                                f"Dice {row['dice_mean']:.3f}")
-    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
-    return finish_run(work, final)
+    return str(path.relative_to(run_dir.parents[2]))  # relative to the study directory

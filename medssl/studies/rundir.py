@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from medssl.config import StudyConfig, save_config, to_dict
-from medssl.engine.checkpoint import atomic_write
 from medssl.errors import MedsslError
+from medssl.io import atomic_write
 from medssl.report.report import write_report
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from medssl.config import StudyConfig, load_config
 from medssl.errors import MedsslError
-from medssl.report.corruption_grid import find_run, load_pretext
+from medssl.inspection.corruption_grid import find_run, load_pretext
 from medssl.transforms.corruptions.regions import DISTORTION_TYPES
 
 COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"]  # one per type
@@ -24,9 +24,9 @@ COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"]  # 
 def _pool(cfg: StudyConfig) -> torch.Tensor:
     """uint8 [N, C, *S]: the images the run was pretrained on."""
     if cfg.task == "segmentation":
-        from medssl.seg_study import validate_segmentation
+        from medssl.studies.segmentation import load_checked
 
-        return validate_segmentation(cfg).pretrain_data().train.images
+        return load_checked(cfg).pretrain_data().train.images
     from medssl.data.medmnist import load_medmnist
 
     return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path).test.images

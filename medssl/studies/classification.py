@@ -1,0 +1,102 @@
+"""Classification task: kNN and linear probes on frozen features, and full fine-tuning, per cell.
+
+Cell directory: ``finetune/<init>_f<fraction>_s<seed>/`` with ``subset_indices.json``,
+``log.jsonl``, ``model.safetensors``. Rows: ``knn``, ``linear`` and ``finetune``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medssl.config import StudyConfig
+from medssl.data.medmnist import MedMNIST, load_medmnist
+from medssl.data.subsets import label_fraction_indices, save_indices
+from medssl.engine import resolve_precision, seed_everything
+from medssl.errors import MedsslError
+from medssl.eval.finetune import Classifier, finetune
+from medssl.eval.probes import extract_features, knn_probe, linear_probe
+from medssl.studies.grid import Cell, Pretrained
+from medssl.studies.pretrain import build_backbone
+from medssl.transforms.augment import light_augment
+
+SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
+
+
+class ClassificationTask:
+    """MedMNIST (default) or a label CSV with patient-level folds; the dataset's own split."""
+
+    def load(self, cfg: StudyConfig) -> MedMNIST:
+        data = _load(cfg)
+        if data.task not in SUPPORTED_TASKS:
+            raise MedsslError(f"{data.flag}: task '{data.task}' is not supported yet "
+                              f"(supported: {', '.join(SUPPORTED_TASKS)})")
+        if data.num_classes == 2 and cfg.data.positive_class not in (0, 1):
+            raise MedsslError(f"data.positive_class must be 0 or 1, got {cfg.data.positive_class}")
+        build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)  # unknown names fail here
+        return data
+
+    def info(self, cfg: StudyConfig, data: MedMNIST) -> dict[str, Any]:
+        return {"dataset": data.flag, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
+                "width": cfg.model.width}
+
+    def folds(self, cfg: StudyConfig, data: MedMNIST, work: Path) -> dict[int, None]:
+        return {0: None}  # the dataset's own train/val/test split
+
+    def pretrain_pool(self, cfg: StudyConfig, data: MedMNIST, folds: dict | None) -> MedMNIST:
+        return data  # the unlabelled training images
+
+    def needs_checkpoint(self, cfg: StudyConfig) -> bool:
+        return False
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return Path("finetune") / f"{cell.init}_f{cell.fraction:g}_s{cell.seed}"
+
+    def run_cell(self, cfg: StudyConfig, data: MedMNIST, split: None, cell: Cell,
+                 pretrained: Pretrained | None, run_dir: Path) -> list[dict[str, Any]]:
+        idx = label_fraction_indices(data.train.labels, cell.fraction, cell.seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_indices(run_dir / "subset_indices.json", idx, fraction=cell.fraction, seed=cell.seed,
+                     dataset=data.flag, split="train")
+        seed_everything(cell.seed)
+        backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
+        if pretrained is not None:
+            backbone.load_state_dict(pretrained.encoder)
+        precision = resolve_precision(cfg.engine.precision)
+        images, labels = data.train.images[idx], data.train.labels[idx]
+        base = {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed, "n_labelled": len(idx)}
+        pos, k = cfg.data.positive_class, data.num_classes
+        rows = []
+        if cfg.finetune.knn:
+            feats = {s: extract_features(backbone, x, precision=precision)
+                     for s, x in (("train", images), ("val", data.val.images), ("test", data.test.images))}
+            rows.append({"protocol": "knn", **base, **knn_probe(
+                feats["train"], labels.numpy(), feats["test"], data.test.labels.numpy(), k,
+                cfg.finetune.knn_k, pos)})
+            rows.append({"protocol": "linear", **base, **linear_probe(
+                feats["train"], labels.numpy(), feats["val"], data.val.labels.numpy(),
+                feats["test"], data.test.labels.numpy(), k, pos)})
+        model = Classifier(backbone, k, light_augment(data.spatial_dims, data.size)
+                           if cfg.finetune.augment else None)
+        metrics = finetune(model, (images, labels), (data.val.images, data.val.labels),
+                           (data.test.images, data.test.labels), cfg.finetune, run_dir, cell.seed, pos,
+                           precision, cfg.engine.channels_last, cfg.finetune.min_steps)
+        rows.append({"protocol": "finetune", **base, **metrics})
+        return rows
+
+    def describe(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
+        return f"{cell.init} fraction={cell.fraction:g} seed={cell.seed}: done"
+
+
+def _load(cfg: StudyConfig) -> MedMNIST:
+    """MedMNIST (default) or, with ``data.format: csv``, a label CSV with patient-level folds."""
+    if cfg.data.format == "medmnist":
+        return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path)
+    if cfg.data.format != "csv":
+        raise MedsslError(f"data.format must be medmnist or csv, got '{cfg.data.format}'")
+    from medssl.data.folder import load_csv_classification
+    from medssl.data.segmentation import resolve_root
+
+    path = cfg.data.path or resolve_root(cfg.data.dataset, None) / "labels.csv"
+    return load_csv_classification(path, cfg.data.columns, cfg.data.size, cfg.data.window,
+                                   cfg.data.folds, cfg.data.test_fold, cfg.seed, cfg.data.dataset)

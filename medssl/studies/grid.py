@@ -1,0 +1,135 @@
+"""The one study loop: check -> start the run -> pretrain once -> fold x seed x fraction x init.
+
+Run directory (``<name>.incomplete`` until finished, then renamed to ``<name>``)::
+
+    config.yaml                 the resolved config
+    pretrain/                   log.jsonl encoder.safetensors checkpoint.safetensors rows.json
+    <cell directories>          one per grid cell, named by the task; each ends with rows.json
+    results.jsonl               one or more rows per cell, in grid order
+    report.md                   made from results.jsonl alone
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+
+from medssl.config import StudyConfig
+from medssl.engine import resolve_precision
+from medssl.engine.checkpoint import load_weights
+from medssl.errors import MedsslError
+from medssl.methods import method_config
+from medssl.studies.pretrain import PretrainPool, pretrain
+from medssl.studies.rundir import append_row, finish_run, run_cell, start_run
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: a test fold, a fine-tuning seed, a label fraction and an init."""
+
+    fold: int
+    seed: int
+    fraction: float
+    init: str  # "ssl" or "scratch"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """The pretrained weights a cell may load: the encoder, and the whole pretext checkpoint
+    (decoder, detector heads) when the task asks for it."""
+
+    encoder: dict[str, torch.Tensor]
+    checkpoint: dict[str, torch.Tensor] | None = None
+
+
+class Task(Protocol):
+    """A downstream task. ``load`` checks the config and data before anything is written."""
+
+    def load(self, cfg: StudyConfig) -> Any: ...
+
+    def info(self, cfg: StudyConfig, data: Any) -> dict[str, Any]:
+        """Fields that open every results row (dataset, method, backbone, ...)."""
+
+    def folds(self, cfg: StudyConfig, data: Any, work: Path) -> dict[int, Any]:
+        """Test fold -> split (saved under ``work`` where the task has its own splits)."""
+
+    def pretrain_pool(self, cfg: StudyConfig, data: Any, folds: dict[int, Any] | None) -> PretrainPool:
+        """The unlabelled images to pretrain on (``folds`` None: every image, for ``medssl pretrain``)."""
+
+    def needs_checkpoint(self, cfg: StudyConfig) -> bool:
+        """Whether cells load the whole pretext checkpoint, not only the encoder."""
+
+    def cell_dir(self, cell: Cell) -> Path: ...
+
+    def run_cell(self, cfg: StudyConfig, data: Any, split: Any, cell: Cell, pretrained: Pretrained | None,
+                 run_dir: Path) -> list[dict[str, Any]]:
+        """Fine-tune and score one cell; rows carry their ``protocol``."""
+
+    def describe(self, cell: Cell, rows: list[dict[str, Any]]) -> str: ...
+
+
+def check_grid(cfg: StudyConfig, task: Task) -> Any:
+    """Every check that can run before a file is written (the common config, then the task's data)."""
+    method_config(cfg.pretrain.method, cfg.pretrain.method_args)
+    resolve_precision(cfg.engine.precision)
+    for f in cfg.finetune.fractions:
+        if not 0 < f <= 1:
+            raise MedsslError(f"finetune.fractions: {f} is not in (0, 1]")
+    if not cfg.finetune.inits or set(cfg.finetune.inits) - {"ssl", "scratch"}:
+        raise MedsslError(f"finetune.inits: {cfg.finetune.inits}; use ssl and/or scratch")
+    data = task.load(cfg)
+    if cfg.pretrain.checkpoint:
+        load_weights(Path(cfg.pretrain.checkpoint))
+    return data
+
+
+def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool = False) -> Path:
+    """Run the whole study for ``task``; return the finished run directory. ``resume`` continues a
+    killed one: finished cells are kept, the killed cell is redone, a killed pretraining continues."""
+    data = check_grid(cfg, task)
+    work, final = start_run(cfg, overwrite, resume)
+    t0 = time.perf_counter()
+    info = task.info(cfg, data)
+    results = work / "results.jsonl"
+    folds = task.folds(cfg, data, work)
+    pretrained = None
+    if "ssl" in cfg.finetune.inits:
+        pretrained = _pretrained(cfg, task, data, folds, work, results, info, resume)
+    for fold, split in folds.items():
+        for seed in cfg.finetune.seeds:
+            for fraction in cfg.finetune.fractions:
+                for init in cfg.finetune.inits:
+                    cell = Cell(fold, seed, fraction, init)
+                    cell_dir = work / task.cell_dir(cell)
+                    rows = run_cell(cell_dir, partial(task.run_cell, cfg, data, split, cell,
+                                                      pretrained if init == "ssl" else None, cell_dir))
+                    for row in rows:
+                        append_row(results, {**info, **row})
+                    console.log(task.describe(cell, rows))
+    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
+    return finish_run(work, final)
+
+
+def _pretrained(cfg: StudyConfig, task: Task, data: Any, folds: dict[int, Any], work: Path, results: Path,
+                info: dict[str, Any], resume: bool) -> Pretrained:
+    """Pretrain once (or take ``pretrain.checkpoint``); append the pretrain row; load the weights."""
+    if cfg.pretrain.checkpoint:
+        encoder_path = full_path = Path(cfg.pretrain.checkpoint)
+        stats: dict[str, Any] = {"checkpoint": str(encoder_path)}
+    else:
+        run_dir = work / "pretrain"
+        pool = task.pretrain_pool(cfg, data, folds)
+        [stats] = run_cell(run_dir, lambda: [pretrain(cfg, pool, run_dir, resume)],
+                           clear=False)  # a killed pretraining continues from its checkpoint
+        encoder_path, full_path = run_dir / "encoder.safetensors", run_dir / "checkpoint.safetensors"
+    append_row(results, {"protocol": "pretrain", **info, **stats})
+    return Pretrained(load_weights(encoder_path),
+                      load_weights(full_path) if task.needs_checkpoint(cfg) else None)

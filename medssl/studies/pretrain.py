@@ -1,0 +1,58 @@
+"""Pretraining once per study, and the one place a backbone is built from ``cfg.model``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+
+from medssl.config import ModelConfig, StudyConfig
+from medssl.engine import fit, resolve_precision, seed_everything
+from medssl.engine.checkpoint import save_weights
+from medssl.methods import create_method
+from medssl.registry import create_backbone
+
+console = Console(stderr=True)
+
+
+class PretrainPool(Protocol):
+    """What pretraining reads from a dataset: ``train.images`` uint8 ``[N, C, *S]`` and its geometry."""
+
+    spatial_dims: int
+    in_channels: int
+    size: int
+
+    @property
+    def train(self) -> Any: ...
+
+
+def build_backbone(model: ModelConfig, spatial_dims: int, in_channels: int, size: int) -> torch.nn.Module:
+    """The registered backbone ``model.backbone`` at ``model.width`` for this data's geometry."""
+    return create_backbone(model.backbone, spatial_dims, in_channels, width=model.width, img_size=size)
+
+
+def pretrain(cfg: StudyConfig, data: PretrainPool, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Pretrain the encoder on ``data.train.images``; save ``run_dir/encoder.safetensors``.
+
+    ``resume`` continues from ``run_dir/checkpoint.safetensors`` exactly (see ``medssl.engine.fit``).
+    Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
+    model = create_method(cfg.pretrain.method, backbone, data.spatial_dims, data.size,
+                          cfg.pretrain.method_args)
+    result = fit(model, data.train.images, None, cfg.pretrain, run_dir, cfg.seed,
+                 precision=resolve_precision(cfg.engine.precision),
+                 channels_last=cfg.engine.channels_last, log_every=cfg.engine.log_every,
+                 desc=f"pretrain {cfg.pretrain.method}", resume=resume,
+                 checkpoint_every=cfg.engine.checkpoint_every,
+                 checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds)
+    save_weights(backbone, run_dir / "encoder.safetensors",
+                 {"method": cfg.pretrain.method, "backbone": cfg.model.backbone})
+    console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
+                f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
+    return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,
+            "last_loss": result.last_loss, "pool": len(data.train.images)}

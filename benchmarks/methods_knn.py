@@ -26,14 +26,15 @@ import torch
 import yaml
 
 from medssl.config import PretrainConfig
+from medssl.data.loaders import TensorBatches, steps_per_epoch
 from medssl.data.medmnist import MedMNIST, load_medmnist
-from medssl.engine import fit, resolve_precision, seed_everything
-from medssl.engine.trainer import steps_per_epoch
+from medssl.engine import fit, resolve_device, resolve_precision, seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.probes import extract_features, knn_probe, linear_probe
 from medssl.methods import METHODS, create_method
 from medssl.registry import create_backbone
 
+DEVICE = torch.device("cpu")  # set from --device in main()
 ENCODERS = {2: ("resnet18_small", 0.5), 3: ("resnet10", 0.5)}  # cheap choices (CALIBRATION.md)
 VIT = ("vit_tiny", 1.0)  # for MAE, whose encoder must be a ViT
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "presets"
@@ -88,13 +89,15 @@ def pretrain(method: str, data: MedMNIST, budget: float, batch_size: int, seed: 
     images = data.train.images
     probe_spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
     _, probe = new_model(method, data, seed)  # throughput probe on 3 batches, then thrown away
-    fit(probe, images[: batch_size * 3], None, probe_spec, None, seed, precision=precision, checkpoint=False)
+    fit(probe, _batches(images[: batch_size * 3], batch_size, seed), probe_spec, None, device=DEVICE,
+        precision=precision, checkpoint=False)
     ips = batch_size * 2 / max(1e-9, _time_steps(probe, images, batch_size, seed, precision))
     per_epoch = steps_per_epoch(len(images), batch_size, True)
     epochs = max(1, round(budget * ips / (per_epoch * batch_size)))
     spec = PretrainConfig(epochs=epochs, batch_size=batch_size, warmup_epochs=min(2.0, 0.1 * epochs))
     backbone, model = new_model(method, data, seed)
-    result = fit(model, images, None, spec, None, seed, precision=precision, checkpoint=False,
+    result = fit(model, _batches(images, batch_size, seed), spec, None, device=DEVICE, precision=precision,
+                 checkpoint=False,
                  max_seconds=budget, desc=f"{data.flag} {method}")
     stats = {"planned_epochs": epochs, "epochs": round(result.steps / per_epoch, 2), "steps": result.steps,
              "seconds": round(result.seconds, 1), "img_per_s": round(result.images_per_second, 1),
@@ -106,8 +109,12 @@ def _time_steps(model: torch.nn.Module, images: torch.Tensor, batch_size: int, s
                 precision: torch.dtype | None) -> float:
     """Seconds for 2 more training steps of an already warmed-up model."""
     spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
-    return fit(model, images[: batch_size * 2], None, spec, None, seed + 1, precision=precision,
-               checkpoint=False).seconds
+    return fit(model, _batches(images[: batch_size * 2], batch_size, seed + 1), spec, None, device=DEVICE,
+               precision=precision, checkpoint=False).seconds
+
+
+def _batches(images: torch.Tensor, batch_size: int, seed: int) -> TensorBatches:
+    return TensorBatches(images, None, batch_size, seed, device=DEVICE)
 
 
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
@@ -144,12 +151,15 @@ def main() -> None:
                         help=f"comma-separated methods or variants ({', '.join(VARIANTS)}); default: all")
     parser.add_argument("--datasets", default="retinamnist,adrenalmnist3d")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32")
+    parser.add_argument("--precision", default="auto", help="auto, bf16, fp16 or fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/methods_knn.json")
     parser.add_argument("--note", default="", help="a sentence for meta.note, printed under the title")
     args = parser.parse_args()
-    precision = resolve_precision(args.precision)
+    global DEVICE
+    DEVICE = resolve_device(args.device)
+    precision = resolve_precision(args.precision, DEVICE)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
     if unknown:

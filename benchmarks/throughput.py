@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from medssl.config import PretrainConfig
+from medssl.data.loaders import TensorBatches
 from medssl.data.medmnist import load_medmnist
 from medssl.engine import fit, seed_everything
 from medssl.methods import create_method
@@ -40,11 +41,10 @@ def measure(backbone: str, width: float, size: int, precision, channels_last: bo
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
-    warm = images[: batch_size * 2]
-    fit(model, warm, None, spec, None, 0, precision=precision, channels_last=channels_last)
-    timed = images[: batch_size * steps]
-    return fit(model, timed, None, spec, None, 1, precision=precision,
-               channels_last=channels_last).images_per_second
+    warm = TensorBatches(images[: batch_size * 2], None, batch_size, 0, channels_last=channels_last)
+    fit(model, warm, spec, None, precision=precision, channels_last=channels_last)
+    timed = TensorBatches(images[: batch_size * steps], None, batch_size, 1, channels_last=channels_last)
+    return fit(model, timed, spec, None, precision=precision, channels_last=channels_last).images_per_second
 
 
 def main() -> None:

@@ -115,9 +115,10 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    # "auto" (bf16 where the CPU supports it), "bf16" or "fp32"
-    precision: Annotated[str, Check(choices=("auto", "bf16", "fp32"))] = "auto"
-    channels_last: bool | None = None  # None: on with bf16, off in fp32 (see resolve_channels_last)
+    device: str = "auto"  # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps"
+    # "auto": bf16 where the device supports it, else fp16 on CUDA (with loss scaling), else fp32
+    precision: Annotated[str, Check(choices=("auto", "bf16", "fp16", "fp32"))] = "auto"
+    channels_last: bool | None = None  # None: on with bf16/fp16, off in fp32 (see resolve_channels_last)
     log_every: Annotated[int, AT_LEAST_1] = 10  # optimisation steps between log lines
     # pretraining epochs between checkpoints (and after the last)
     checkpoint_every: Annotated[int, AT_LEAST_1] = 10

@@ -23,7 +23,7 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 
 
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
-    """Module -> the ``medssl`` modules it imports (``from a import b`` counts ``a.b`` if that is a module)."""
+    """Module -> the ``medssl`` modules it imports (``from a import b`` counts ``a.b`` if a module)."""
     files = {module_name(p, root): p for p in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from medssl.cli import main
+from medssl.inspection.distortion_viz import _paste, distortion_figure
 from medssl.methods import create_method
 from medssl.registry import create_backbone
-from medssl.inspection.distortion_viz import _paste, distortion_figure
 
 
 @pytest.mark.parametrize("dims", [2, 3])

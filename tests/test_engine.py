@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from medssl.config import PretrainConfig
+from medssl.data.loaders import TensorBatches, batch_indices
 from medssl.engine import fit, seed_everything
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
-from medssl.engine.trainer import batches
 from medssl.errors import MedsslError
 from medssl.methods import create_method
 from medssl.registry import create_backbone
@@ -36,10 +36,32 @@ def test_cosine_schedule_warms_up_then_decays():
 
 
 def test_batches_are_seeded_and_drop_a_lone_trailing_sample():
-    a = [b.tolist() for b in batches(9, 4, seed=1, drop_last=False)]
+    a = [b.tolist() for b in batch_indices(9, 4, seed=1, drop_last=False)]
     assert [len(b) for b in a] == [4, 4]  # the batch of 1 would break BatchNorm
-    assert a == [b.tolist() for b in batches(9, 4, seed=1, drop_last=False)]
-    assert a != [b.tolist() for b in batches(9, 4, seed=2, drop_last=False)]
+    assert a == [b.tolist() for b in batch_indices(9, 4, seed=1, drop_last=False)]
+    assert a != [b.tolist() for b in batch_indices(9, 4, seed=2, drop_last=False)]
+    assert sorted(i for b in batch_indices(10, 5, seed=3, drop_last=True) for i in b) == list(range(10))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_tensor_batches_pair_images_with_labels_and_resume_mid_epoch(spatial_dims):
+    ones, twos = [1] * spatial_dims, [2] * spatial_dims
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, *ones).expand(10, 1, *twos)
+    y = torch.arange(10) * 7
+    data = TensorBatches(x.contiguous(), y, batch_size=3, seed=5, drop_last=False, channels_last=True)
+    assert len(data) == 3  # 3 + 3 + 3 + 1: the lone last image is dropped (BatchNorm)
+    epoch = list(data.epoch(2))
+    for b in epoch:  # image value i/255 belongs to label 7 i; floats in [0, 1]
+        assert b["image"].dtype == torch.float32 and torch.equal(b["image"].flatten(1)[:, 0] * 255 * 7,
+                                                                 b["label"].float())
+        assert b["image"].is_contiguous(memory_format=torch.channels_last) == (spatial_dims == 2)
+    tail = list(data.epoch(2, start=1))
+    assert [b["label"].tolist() for b in tail] == [b["label"].tolist() for b in epoch[1:]]
+    assert [b["label"].tolist() for b in data.epoch(3)] != [b["label"].tolist() for b in epoch]
+
+
+def run(model, data, spec=SPEC, run_dir=None, seed=0, **kw):
+    return fit(model, TensorBatches(data, None, spec.batch_size, seed), spec, run_dir, **kw)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -47,7 +69,7 @@ def test_fit_changes_parameters_logs_and_checkpoints(tmp_path, spatial_dims):
     seed_everything(0)
     model = tiny_simclr(spatial_dims)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fit(model, images(16, spatial_dims), None, SPEC, tmp_path, 0, log_every=1)
+    result = run(model, images(16, spatial_dims), SPEC, tmp_path, log_every=1)
     assert result.steps == 4 and math.isfinite(result.last_loss)
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["img_per_s"] > 0 for r in rows)
@@ -61,7 +83,7 @@ def test_same_seed_same_numbers():
     losses = []
     for _ in range(2):
         seed_everything(0)
-        losses.append(fit(tiny_simclr(), images(16), None, SPEC, None, 0).last_loss)
+        losses.append(run(tiny_simclr(), images(16), SPEC, None).last_loss)
     assert losses[0] == losses[1]
 
 
@@ -75,7 +97,7 @@ def test_non_finite_loss_stops_with_a_clear_error():
             return {"loss": self.w * float("nan")}
 
     with pytest.raises(MedsslError, match="non-finite loss at step 0"):
-        fit(Exploding(), images(16), None, SPEC, None, 0)
+        run(Exploding(), images(16), SPEC, None)
 
 
 def test_non_finite_gradient_stops_naming_the_parameter():
@@ -88,12 +110,12 @@ def test_non_finite_gradient_stops_naming_the_parameter():
             return {"loss": self.fine.sum() + (self.bad - 1).sqrt().sum()}  # d sqrt(x)/dx at 0 = inf
 
     with pytest.raises(MedsslError, match=r"step 0 \(epoch 0\): non-finite gradient in parameter 'bad'"):
-        fit(BadGrad(), images(16), None, SPEC, None, 0)
+        run(BadGrad(), images(16), SPEC, None)
 
 
 def test_too_few_images_for_a_batch():
     with pytest.raises(MedsslError, match="too few for batch size"):
-        fit(tiny_simclr(), images(4), None, SPEC, None, 0)
+        run(tiny_simclr(), images(4), SPEC, None)
 
 
 def test_weights_round_trip_and_corrupt_checkpoint(tmp_path):
@@ -110,17 +132,17 @@ def test_bf16_autocast_step_runs_when_supported():
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("no native bf16 on this CPU")  # the fp32 path is covered above
     seed_everything(0)
-    result = fit(tiny_simclr(), images(16), None, SPEC, None, 0, precision=torch.bfloat16)
+    result = run(tiny_simclr(), images(16), SPEC, None, precision=torch.bfloat16)
     assert math.isfinite(result.last_loss)
 
 
 def test_max_seconds_stops_after_the_step_that_runs_out_of_time():
     seed_everything(0)
-    result = fit(tiny_simclr(), images(32), None, SPEC, None, 0, max_seconds=0.0)
+    result = run(tiny_simclr(), images(32), SPEC, None, max_seconds=0.0)
     assert result.steps == 1 and math.isfinite(result.last_loss)  # 8 steps without the budget
 
 
 def test_max_seconds_still_writes_the_checkpoint(tmp_path):
     seed_everything(0)
-    fit(tiny_simclr(), images(32), None, SPEC, tmp_path, 0, max_seconds=0.0, checkpoint_every=100)
+    run(tiny_simclr(), images(32), SPEC, tmp_path, max_seconds=0.0, checkpoint_every=100)
     assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["step"] == 1

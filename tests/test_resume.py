@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from medssl.config import PretrainConfig
+from medssl.data.loaders import TensorBatches
 from medssl.engine import fit, seed_everything
 from medssl.engine import trainer as trainer_module
 from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -47,7 +48,8 @@ def new_model(method: str, spatial_dims: int) -> torch.nn.Module:
 
 def train(method, spatial_dims, data, run_dir, resume=False):
     model = new_model(method, spatial_dims)
-    fit(model, data, None, SPEC, run_dir, seed=3, checkpoint_steps=3, resume=resume, log_every=1)
+    fit(model, TensorBatches(data, None, SPEC.batch_size, seed=3), SPEC, run_dir, checkpoint_steps=3,
+        resume=resume, log_every=1)
     return model
 
 
@@ -62,8 +64,8 @@ def test_resume_after_a_mid_epoch_checkpoint_is_bit_exact(tmp_path, monkeypatch,
 
     save = trainer_module._save_checkpoint
 
-    def save_then_die(model, optimizer, run_dir, step, *args):
-        save(model, optimizer, run_dir, step, *args)
+    def save_then_die(model, optimizer, scaler, run_dir, step, *args):
+        save(model, optimizer, scaler, run_dir, step, *args)
         if step == kill_at:
             raise Killed
 

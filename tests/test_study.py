@@ -75,8 +75,8 @@ def resumed_study(tmp_path, monkeypatch):
     save, cell = trainer._save_checkpoint, classification.ClassificationTask.run_cell
     calls = []
 
-    def save_then_die(model, optimizer, run_dir, step, *args):
-        save(model, optimizer, run_dir, step, *args)
+    def save_then_die(model, optimizer, scaler, run_dir, step, *args):
+        save(model, optimizer, scaler, run_dir, step, *args)
         if step == 3:  # of 8 pretraining steps
             raise Killed
 

@@ -1,5 +1,7 @@
-"""Training engine: one short loop for pretraining and fine-tuning."""
+"""Training engine: one short loop for pretraining and fine-tuning, on any device."""
 
-from medssl.engine.trainer import fit, resolve_channels_last, resolve_precision, seed_everything
+from medssl.engine.precision import autocast, resolve_channels_last, resolve_device, resolve_precision
+from medssl.engine.trainer import fit, seed_everything
 
-__all__ = ["fit", "resolve_channels_last", "resolve_precision", "seed_everything"]
+__all__ = ["autocast", "fit", "resolve_channels_last", "resolve_device", "resolve_precision",
+           "seed_everything"]

@@ -1,12 +1,13 @@
 """The training loop shared by pretraining and fine-tuning (after MAE's ``engine_pretrain.py``).
 
-Data are in-memory uint8 tensors; each step takes a seeded slice, converts it to float in [0, 1]
-and calls ``model.training_step(batch) -> {"loss": tensor, **logs}``.
+``fit`` takes a ``Batches`` source (``medssl.data.loaders``: seeded batches already on the device)
+and calls ``model.training_step(batch) -> {"loss": tensor, **logs}`` under the device's autocast.
+Optional hooks on the model: ``param_groups()`` (per-group learning-rate scales) and
+``after_step(step, total)`` (momentum/EMA updates).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
@@ -24,15 +25,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from medssl.engine.precision import autocast, grad_scaler
 from medssl.engine.schedules import cosine_schedule
 from medssl.errors import MedsslError
 
 console = Console(stderr=True)
 
 
+class Batches(Protocol):
+    """The engine's data contract: epoch by epoch, a seeded sequence of batches ``{"image": float
+    [B, C, *S] in [0, 1], "label"?: [B, ...]}`` already on the training device.
+
+    ``len()`` is the number of steps per epoch; ``epoch(e, start)`` yields the batches of epoch ``e``
+    from step ``start`` on, in the same order for the same ``(seed, e)``: that is what lets a run
+    resume mid-epoch exactly. Implemented by ``medssl.data.loaders.TensorBatches``.
+    """
+
+    num_items: int  # images (or volumes) per epoch
+    batch_size: int
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]: ...
+
+
 class OptimSpec(Protocol):
     epochs: int
-    batch_size: int
     optimizer: str
     lr: float
     weight_decay: float
@@ -54,30 +72,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_precision(precision: str) -> torch.dtype | None:
-    """"auto" -> bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32 (None)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise MedsslError(f"engine.precision must be auto, bf16 or fp32, got '{precision}'")
-    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if precision == "bf16" and not supported:
-        raise MedsslError("engine.precision=bf16 but this CPU has no native bf16; use auto or fp32")
-    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and supported) else None
-
-
-def resolve_channels_last(channels_last: bool | None, precision: torch.dtype | None) -> bool:
-    """None -> channels_last with bf16 only. Measured here it speeds up 2D CNN training by
-    1.15-1.2x in both precisions (benchmarks/results/throughput.json), but in fp32 a fine-tuning
-    backward pass of a width-0.125 ResNet segfaulted inside oneDNN (torch 2.14.1), so fp32 keeps
-    the default memory format unless asked."""
-    return precision is not None if channels_last is None else channels_last
-
-
 def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm parameters (1-D tensors), as in MAE/DINO.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": spec.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW or SGD over the model's parameter groups (``model.param_groups()`` if it has one: a
+    list of ``{"params", "lr_scale"}`` covering every trainable parameter), each split into decay
+    and no-decay parts: no weight decay on biases and norm parameters (1-D tensors), as in MAE/DINO."""
+    hook = getattr(model, "param_groups", None)
+    scaled = hook() if hook else [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    covered = {id(p) for g in scaled for p in g["params"] if p.requires_grad}
+    if covered != trainable:
+        raise ValueError(f"{type(model).__name__}.param_groups() must cover each trainable parameter once")
+    groups = []
+    for g in scaled:
+        params = [p for p in g["params"] if p.requires_grad]
+        groups += [{"params": [p for p in params if p.dim() > 1], "weight_decay": spec.weight_decay,
+                    "lr_scale": g["lr_scale"]},
+                   {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0,
+                    "lr_scale": g["lr_scale"]}]
+    groups = [g for g in groups if g["params"]]
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=spec.lr)
     if spec.optimizer == "sgd":
@@ -85,41 +97,14 @@ def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
     raise MedsslError(f"optimizer must be adamw or sgd, got '{spec.optimizer}'")
 
 
-def batches(n: int, batch_size: int, seed: int, drop_last: bool) -> Iterator[torch.Tensor]:
-    """Index batches of a seeded permutation; a trailing batch of 1 is always dropped (BatchNorm)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < batch_size and (drop_last or len(idx) < 2):
-            break
-        yield idx
-
-
-def to_batch(images: torch.Tensor, labels: torch.Tensor | None, idx: torch.Tensor,
-             channels_last: bool) -> dict[str, torch.Tensor]:
-    """uint8 [N, C, *S] slice -> {"image": float [B, C, *S] in [0, 1], "label": [B]}."""
-    x = images[idx].float().div_(255)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    batch = {"image": x}
-    if labels is not None:
-        batch["label"] = labels[idx]
-    return batch
-
-
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
-    full, rest = divmod(n, batch_size)
-    return full + (0 if drop_last or rest < 2 else 1)
-
-
-def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spec: OptimSpec,
-        run_dir: Path | None, seed: int, *, precision: torch.dtype | None = None,
-        channels_last: bool | None = None, drop_last: bool = True, min_steps: int = 0,
-        log_every: int = 10, desc: str = "train", checkpoint: bool = True,
-        checkpoint_every: int = 10, checkpoint_steps: int = 0, resume: bool = False,
-        on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
+def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, *,
+        device: torch.device | str = "cpu", precision: torch.dtype | None = None,
+        channels_last: bool = False, min_steps: int = 0, log_every: int = 10, desc: str = "train",
+        checkpoint: bool = True, checkpoint_every: int = 10, checkpoint_steps: int = 0,
+        resume: bool = False, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
         max_seconds: float | None = None) -> FitResult:
-    """Train ``model`` on ``images`` (uint8 [N, C, *S]) for ``spec.epochs`` epochs.
+    """Train ``model`` on ``data`` (batches on ``device``) for ``spec.epochs`` epochs (at least
+    ``min_steps`` steps) under ``precision`` autocast (None: fp32; fp16 adds a gradient scaler).
 
     Writes ``run_dir/log.jsonl`` and, if ``checkpoint``, ``run_dir/checkpoint.safetensors`` (weights
     and training state in one atomic file) every ``checkpoint_every`` epochs, every
@@ -131,18 +116,19 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
     counted over resumes (the epoch is closed as usual: callback, and a checkpoint as after the
     last epoch), for same-budget benchmarks.
     """
-    per_epoch = steps_per_epoch(len(images), spec.batch_size, drop_last)
+    device = torch.device(device)
+    per_epoch = len(data)
     if per_epoch == 0:
-        raise MedsslError(f"{desc}: {len(images)} images are too few for batch size {spec.batch_size}")
+        raise MedsslError(f"{desc}: {data.num_items} images are too few for batch size {data.batch_size}")
     epochs = max(spec.epochs, math.ceil(min_steps / per_epoch))
     total = epochs * per_epoch
     lrs = cosine_schedule(spec.lr, total, round(spec.warmup_epochs * per_epoch))
-    # channels_last is a 2D-only memory format
-    channels_last = resolve_channels_last(channels_last, precision) and images.dim() == 4
+    model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, spec)
-    state = _resume(model, optimizer, run_dir) if resume else {"step": 0, "elapsed": 0.0}
+    scaler = grad_scaler(device, precision)
+    state = _resume(model, optimizer, scaler, run_dir) if resume else {"step": 0, "elapsed": 0.0}
     step, elapsed = state["step"], state["elapsed"]
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,32 +138,39 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
     seen, loss_value, t0 = 0, state.get("loss", float("nan")), time.perf_counter()
 
     def save() -> None:
-        _save_checkpoint(model, optimizer, run_dir, step, elapsed + time.perf_counter() - t0, loss_value)
+        _save_checkpoint(model, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
+                         loss_value)
 
     out_of_time = False
     model.train()
     try:
         with _progress(desc, total, step) as (progress, task):
             for epoch in range(step // per_epoch, epochs):
-                order = batches(len(images), spec.batch_size, seed * 100_003 + epoch, drop_last)
-                for idx in itertools.islice(order, step - epoch * per_epoch, None):  # resumed mid-epoch
+                for batch in data.epoch(epoch, start=step - epoch * per_epoch):  # resumed mid-epoch
                     for group in optimizer.param_groups:
-                        group["lr"] = lrs[step]
-                    batch = to_batch(images, labels, idx, channels_last)
-                    with torch.autocast("cpu", dtype=precision or torch.float32,
-                                        enabled=precision is not None):
+                        group["lr"] = lrs[step] * group["lr_scale"]
+                    with autocast(device, precision):
                         out = model.training_step(batch)
                     loss = out["loss"]
                     if not torch.isfinite(loss):
                         raise MedsslError(f"{desc}: non-finite loss at step {step} (epoch {epoch}); "
                                           "lower the learning rate or use engine.precision=fp32")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = check_gradients(model, f"{desc}: step {step} (epoch {epoch})")
-                    optimizer.step()
+                    where = f"{desc}: step {step} (epoch {epoch})"
+                    if scaler is None:
+                        loss.backward()
+                        grad_norm = check_gradients(model, where)
+                        optimizer.step()
+                    else:  # fp16: inf/NaN gradients are the scaler's to skip, not an error
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                        grad_norm = gradient_norm(model)
+                        scaler.step(optimizer)
+                        scaler.update()
                     if hasattr(model, "after_step"):  # momentum/EMA updates, per method
                         model.after_step(step, total)
-                    step, seen, loss_value = step + 1, seen + len(idx), loss.item()
+                    n = len(batch["image"])
+                    step, seen, loss_value = step + 1, seen + n, loss.item()
                     ips = seen / (time.perf_counter() - t0)
                     progress.update(task, advance=1, ips=ips, loss=loss_value)
                     if log and (step % log_every == 0 or step == total):
@@ -209,13 +202,16 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, spe
     return FitResult(step, seconds, seen / max(seconds, 1e-9), loss_value)
 
 
+def gradient_norm(model: nn.Module) -> float:
+    """The global L2 norm of the gradients (0 when there are none)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
 def check_gradients(model: nn.Module, where: str) -> float:
     """The global gradient L2 norm; a non-finite one stops training, naming the first bad parameter
     (one reduction per step; the per-parameter search runs only on failure)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return 0.0
-    norm = float(torch.nn.utils.get_total_norm(grads))
+    norm = gradient_norm(model)
     if not math.isfinite(norm):
         bad = next(n for n, p in model.named_parameters()
                    if p.grad is not None and not torch.isfinite(p.grad).all())
@@ -257,13 +253,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path, step: int,
-                     elapsed: float, loss: float) -> None:
+def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None, run_dir: Path, step: int, elapsed: float,
+                     loss: float) -> None:
     # The methods' own generators (corruptions, masks) are module state (``GeneratorState``), the
     # queues and momentum encoders are buffers and parameters: all inside ``model.state_dict()``.
-    save_checkpoint(model, {"step": step, "elapsed": elapsed, "loss": loss,
-                            "optimizer": optimizer.state_dict(), "rng": rng_state()},
-                    run_dir / "checkpoint.safetensors")
+    state = {"step": step, "elapsed": elapsed, "loss": loss, "optimizer": optimizer.state_dict(),
+             "rng": rng_state()}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    save_checkpoint(model, state, run_dir / "checkpoint.safetensors")
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -280,7 +279,8 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in keep))
 
 
-def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path | None) -> dict[str, Any]:
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+            run_dir: Path | None) -> dict[str, Any]:
     """Load ``run_dir/checkpoint.safetensors`` if there is one; return its step, time and loss."""
     path = run_dir / "checkpoint.safetensors" if run_dir else None
     if path is None or not path.is_file():
@@ -289,6 +289,8 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path | 
     try:
         model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise MedsslError(f"{path}: checkpoint does not match this model (another method, backbone or "
                           "width?); resume with the config it was written with") from err

@@ -10,10 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl.data.loaders import TensorBatches
 from medssl.engine import fit
 from medssl.engine.checkpoint import save_weights
+from medssl.engine.precision import autocast, model_device
+from medssl.engine.trainer import OptimSpec
 from medssl.eval.metrics import classification_metrics
 from medssl.transforms.augment import ViewAugment
+
+
+class FinetuneSpec(OptimSpec):
+    batch_size: int
 
 
 class Classifier(nn.Module):
@@ -36,22 +43,23 @@ class Classifier(nn.Module):
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
                   precision: torch.dtype | None = None) -> np.ndarray:
-    """uint8 [N, C, *S] -> softmax probabilities [N, K]."""
+    """uint8 [N, C, *S] -> softmax probabilities [N, K], computed on the model's device."""
     model.eval()
-    out = []
+    device, out = model_device(model), []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float().div_(255)
-        with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
-            out.append(model(x).float().softmax(1))
+        x = images[start:start + batch_size].to(device).float().div_(255)
+        with autocast(device, precision):
+            out.append(model(x).float().softmax(1).cpu())
     return torch.cat(out).numpy()
 
 
 def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-             spec, run_dir: Path, seed: int, positive_class: int = 1,
-             precision: torch.dtype | None = None, channels_last: bool | None = None,
-             min_steps: int = 0) -> dict[str, float]:
-    """Train on ``train`` (images, labels); keep the epoch with the best validation AUC; test it.
+             spec: FinetuneSpec, run_dir: Path, seed: int, positive_class: int = 1,
+             precision: torch.dtype | None = None, channels_last: bool = False,
+             min_steps: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Train on ``train`` (uint8 images, labels) on ``device``; keep the epoch with the best
+    validation AUC; test it.
 
     Returns test metrics plus ``best_epoch``, ``val_auc``, ``seconds`` and ``steps``.
     """
@@ -64,9 +72,11 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
             best.update(auc=auc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
         return {"val_auc": auc}
 
-    result = fit(model, train[0], train[1], spec, run_dir, seed, precision=precision,
-                 channels_last=channels_last, drop_last=False, min_steps=min_steps,
-                 desc=run_dir.name, checkpoint=False, on_epoch_end=select)
+    data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
+                         channels_last=channels_last)
+    result = fit(model, data, spec, run_dir, device=device, precision=precision,
+                 channels_last=channels_last, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
+                 on_epoch_end=select)
     model.load_state_dict(best["state"])
     save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
     probs = predict_proba(model, test[0], precision=precision)

@@ -117,7 +117,8 @@ class InstanceSegNet(nn.Module):
         x, y = batch["image"], batch["label"]
         if self.augment:
             x, y = random_flips(x, y)
-        targets = [semantic_to_instances(label, self.num_classes) for label in y]
+        targets = [{k: v.to(x.device) for k, v in semantic_to_instances(label, self.num_classes).items()}
+                   for label in y]
         losses = run_detector(self.detector, list(x.float()), targets)
         loss = sum(v.float() for v in losses.values())
         return {"loss": loss, **{k: v.detach().float() for k, v in losses.items()}}
@@ -132,4 +133,5 @@ class InstanceSegNet(nn.Module):
             self.detector.train(was_training)
         shape, k = tuple(x.shape[2:]), self.num_classes
         maps = torch.stack([instances_to_semantic(d, shape, k, self.score_threshold) for d in dets])
+        maps = maps.to(x.device)
         return nn.functional.one_hot(maps, self.num_classes).movedim(-1, 1).float()

@@ -8,19 +8,20 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from medssl.engine.precision import autocast, model_device
 from medssl.eval.metrics import classification_metrics
 
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256,
                      precision: torch.dtype | None = None) -> np.ndarray:
-    """uint8 [N, C, *S] -> float32 [N, F] pooled features, in eval mode."""
+    """uint8 [N, C, *S] -> float32 [N, F] pooled features, in eval mode, on the backbone's device."""
     backbone.eval()
-    out = []
+    device, out = model_device(backbone), []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float().div_(255)
-        with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
-            out.append(backbone(x).float())
+        x = images[start:start + batch_size].to(device).float().div_(255)
+        with autocast(device, precision):
+            out.append(backbone(x).float().cpu())
     return torch.cat(out).numpy()
 
 

@@ -23,9 +23,10 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 from torch import nn
 
+from medssl.data.loaders import TensorBatches, steps_per_epoch
 from medssl.engine import fit
 from medssl.engine.checkpoint import save_weights
-from medssl.engine.trainer import steps_per_epoch
+from medssl.engine.precision import autocast, model_device
 from medssl.errors import MedsslError
 from medssl.models.unet import UNet
 from medssl.transforms.augment import AugmentConfig, IntensityJitter
@@ -70,10 +71,8 @@ class SegmentationNet(nn.Module):
         augment: random mirroring + mild intensity jitter.
         freeze_encoder: train the decoder only (the encoder also stays in eval mode: BatchNorm
             statistics frozen).
-        encoder_lr_scale: encoder learning rate = lr * scale. ``fit`` builds the optimiser and
-            sets one learning rate for all parameter groups, so the scale is applied to the step
-            itself: ``after_step`` moves encoder weights back to ``before + scale * (after - before)``.
-            For AdamW (decoupled weight decay) and SGD this is exactly a ``lr * scale`` group.
+        encoder_lr_scale: encoder learning rate = lr * scale (a parameter group of its own, from
+            ``param_groups``, which ``fit`` reads).
 
     Shapes: ``forward``: [B, C, *S] -> logits [B, K, *S]; ``training_step`` takes
     {"image": float [B, C, *S] in [0, 1], "label": uint8 [B, *S]}.
@@ -91,7 +90,6 @@ class SegmentationNet(nn.Module):
                             noise_std=0.03, p_intensity=0.5)
         self.intensity = IntensityJitter(cfg) if augment else None
         self.augment = augment
-        self._before: list[torch.Tensor] | None = None
         if freeze_encoder:
             unet.backbone.requires_grad_(False)
 
@@ -115,29 +113,29 @@ class SegmentationNet(nn.Module):
             x, y = random_flips(x, y)
             with torch.no_grad():
                 x = self.intensity(x)
-        if self.encoder_lr_scale < 1 and not self.freeze_encoder:
-            self._before = [p.detach().clone() for p in self.unet.backbone.parameters()]
         logits = self.unet(x.contiguous()).float()
         return {"loss": self.loss(logits, y[:, None].long())}
 
-    @torch.no_grad()
-    def after_step(self, step: int, total: int) -> None:
-        if self._before is not None:
-            for p, before in zip(self.unet.backbone.parameters(), self._before, strict=True):
-                p.lerp_(before, 1.0 - self.encoder_lr_scale)  # before + scale * (p - before)
-            self._before = None
+    def param_groups(self) -> list[dict]:
+        """The decoder at the full learning rate, the encoder at ``encoder_lr_scale`` times it."""
+        encoder = {id(p) for p in self.unet.backbone.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in encoder]
+        return [{"params": rest, "lr_scale": 1.0},
+                {"params": list(self.unet.backbone.parameters()), "lr_scale": self.encoder_lr_scale}]
 
 
 @torch.no_grad()
 def predict_case(model: nn.Module, image: np.ndarray, roi: Sequence[int], overlap: float,
                  precision: torch.dtype | None = None) -> np.ndarray:
-    """Sliding-window argmax prediction of one case: uint8 image ``[*S]`` -> uint8 labels ``[*S]``."""
+    """Sliding-window argmax prediction of one case on the model's device: uint8 image ``[*S]`` ->
+    uint8 labels ``[*S]``."""
     model.eval()
-    x = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255)[None, None]
-    with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
+    device = model_device(model)
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).float().div_(255)[None, None]
+    with autocast(device, precision):
         logits = sliding_window_inference(x, list(roi), sw_batch_size=4, predictor=model,
                                           overlap=overlap, mode="gaussian")
-    return logits.float().argmax(1)[0].to(torch.uint8).numpy()
+    return logits.float().argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
 def case_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int,
@@ -200,7 +198,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                        val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]], spec, run_dir: Path,
                        seed: int, num_classes: int, roi: Sequence[int], overlap: float,
                        precision: torch.dtype | None = None, min_steps: int = 0,
-                       val_checks: int = 5) -> dict[str, float]:
+                       val_checks: int = 5, device: torch.device | str = "cpu") -> dict[str, float]:
     """Fit ``net`` on ``train`` (uint8 images ``[N, 1, *S]``, uint8 labels ``[N, *S]``); evaluate
     mean foreground Dice on ``val`` (native-shape cases) ``val_checks`` times and keep the best
     weights (loaded into ``net`` on return; ``net.core``, the U-Net or detector, is saved as
@@ -227,9 +225,9 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
             best.update(dice=dice, epoch=epoch, state=copy.deepcopy(net.core.state_dict()))
         return {"val_dice": dice}
 
-    result = fit(net, images, labels, spec, run_dir, seed, precision=precision, channels_last=False,
-                 drop_last=False, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
-                 on_epoch_end=select)
+    data = TensorBatches(images, labels, spec.batch_size, seed, drop_last=False, device=device)
+    result = fit(net, data, spec, run_dir, device=device, precision=precision, min_steps=min_steps,
+                 desc=run_dir.name, checkpoint=False, on_epoch_end=select)
     net.core.load_state_dict(best["state"])
     save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
     return {"best_epoch": best["epoch"], "val_dice": best["dice"], "seconds": result.seconds,

@@ -12,12 +12,12 @@ from typing import Any
 from medssl.config import StudyConfig
 from medssl.data.medmnist import MedMNIST, load_medmnist
 from medssl.data.subsets import label_fraction_indices, save_indices
-from medssl.engine import resolve_precision, seed_everything
+from medssl.engine import resolve_channels_last, seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.finetune import Classifier, finetune
 from medssl.eval.probes import extract_features, knn_probe, linear_probe
 from medssl.studies.grid import Cell, Pretrained
-from medssl.studies.pretrain import build_backbone
+from medssl.studies.pretrain import build_backbone, runtime
 from medssl.transforms.augment import light_augment
 
 SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
@@ -62,7 +62,8 @@ class ClassificationTask:
         backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
         if pretrained is not None:
             backbone.load_state_dict(pretrained.encoder)
-        precision = resolve_precision(cfg.engine.precision)
+        device, precision = runtime(cfg)
+        backbone.to(device)
         images, labels = data.train.images[idx], data.train.labels[idx]
         base = {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed, "n_labelled": len(idx)}
         pos, k = cfg.data.positive_class, data.num_classes
@@ -80,7 +81,8 @@ class ClassificationTask:
                            if cfg.finetune.augment else None)
         metrics = finetune(model, (images, labels), (data.val.images, data.val.labels),
                            (data.test.images, data.test.labels), cfg.finetune, run_dir, cell.seed, pos,
-                           precision, cfg.engine.channels_last, cfg.finetune.min_steps)
+                           precision, resolve_channels_last(cfg.engine.channels_last, precision)
+                           and data.spatial_dims == 2, cfg.finetune.min_steps, device)
         rows.append({"protocol": "finetune", **base, **metrics})
         return rows
 

@@ -21,11 +21,10 @@ import torch
 from rich.console import Console
 
 from medssl.config import StudyConfig
-from medssl.engine import resolve_precision
 from medssl.engine.checkpoint import load_weights
 from medssl.errors import MedsslError
 from medssl.methods import method_config
-from medssl.studies.pretrain import PretrainPool, pretrain
+from medssl.studies.pretrain import PretrainPool, pretrain, runtime
 from medssl.studies.rundir import append_row, finish_run, run_cell, start_run
 
 console = Console(stderr=True)
@@ -79,7 +78,7 @@ class Task(Protocol):
 def check_grid(cfg: StudyConfig, task: Task) -> Any:
     """Every check that can run before a file is written (the common config, then the task's data)."""
     method_config(cfg.pretrain.method, cfg.pretrain.method_args)
-    resolve_precision(cfg.engine.precision)
+    runtime(cfg)  # device and precision exist here
     for f in cfg.finetune.fractions:
         if not 0 < f <= 1:
             raise MedsslError(f"finetune.fractions: {f} is not in (0, 1]")

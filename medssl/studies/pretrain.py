@@ -9,7 +9,8 @@ import torch
 from rich.console import Console
 
 from medssl.config import ModelConfig, StudyConfig
-from medssl.engine import fit, resolve_precision, seed_everything
+from medssl.data.loaders import TensorBatches
+from medssl.engine import fit, resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from medssl.engine.checkpoint import save_weights
 from medssl.methods import create_method
 from medssl.registry import create_backbone
@@ -33,6 +34,12 @@ def build_backbone(model: ModelConfig, spatial_dims: int, in_channels: int, size
     return create_backbone(model.backbone, spatial_dims, in_channels, width=model.width, img_size=size)
 
 
+def runtime(cfg: StudyConfig) -> tuple[torch.device, torch.dtype | None]:
+    """(device, autocast dtype or None for fp32) from ``cfg.engine``."""
+    device = resolve_device(cfg.engine.device)
+    return device, resolve_precision(cfg.engine.precision, device)
+
+
 def pretrain(cfg: StudyConfig, data: PretrainPool, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Pretrain the encoder on ``data.train.images``; save ``run_dir/encoder.safetensors``.
 
@@ -44,9 +51,12 @@ def pretrain(cfg: StudyConfig, data: PretrainPool, run_dir: Path, resume: bool =
     backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
     model = create_method(cfg.pretrain.method, backbone, data.spatial_dims, data.size,
                           cfg.pretrain.method_args)
-    result = fit(model, data.train.images, None, cfg.pretrain, run_dir, cfg.seed,
-                 precision=resolve_precision(cfg.engine.precision),
-                 channels_last=cfg.engine.channels_last, log_every=cfg.engine.log_every,
+    device, precision = runtime(cfg)
+    channels_last = resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2
+    batches = TensorBatches(data.train.images, None, cfg.pretrain.batch_size, cfg.seed, drop_last=True,
+                            device=device, channels_last=channels_last)
+    result = fit(model, batches, cfg.pretrain, run_dir, device=device, precision=precision,
+                 channels_last=channels_last, log_every=cfg.engine.log_every,
                  desc=f"pretrain {cfg.pretrain.method}", resume=resume,
                  checkpoint_every=cfg.engine.checkpoint_every,
                  checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds)

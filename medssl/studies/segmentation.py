@@ -24,7 +24,7 @@ from medssl.config import StudyConfig
 from medssl.data.segmentation import PretrainData, SegmentationData, load_segmentation, resolve_root
 from medssl.data.splits import assert_disjoint_groups, group_fraction, holdout_split, save_split
 from medssl.data.subsets import save_indices
-from medssl.engine import resolve_precision, seed_everything
+from medssl.engine import seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.instance_finetune import InstanceSegNet, load_pretrained_detector
 from medssl.eval.segmentation import SegmentationNet, evaluate, load_pretrained, train_segmentation
@@ -33,7 +33,7 @@ from medssl.models.maskrcnn import build_mask_rcnn
 from medssl.models.unet import UNet
 from medssl.report.overlays import save_overlay
 from medssl.studies.grid import Cell, Pretrained
-from medssl.studies.pretrain import build_backbone
+from medssl.studies.pretrain import build_backbone, runtime
 
 console = Console(stderr=True)
 
@@ -158,7 +158,7 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
              pretrained: Pretrained | None, run_dir: Path) -> dict[str, Any]:
     """Fine-tune one model on a label fraction of the fold's training cases; test it."""
     fold, seed, fraction, init = cell.fold, cell.seed, cell.fraction, cell.init
-    seg, precision = cfg.segmentation, resolve_precision(cfg.engine.precision)
+    seg, (device, precision) = cfg.segmentation, runtime(cfg)
     idx = group_fraction(split["train"], data.groups, fraction, seed)
     save_indices(run_dir / "subset_indices.json", idx, fraction=fraction, seed=seed, fold=fold,
                  groups=sorted(set(data.groups[i] for i in idx)),
@@ -183,7 +183,7 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
     val = ([data.images[i] for i in split["val"]], [data.labels[i] for i in split["val"]])
     fit_stats = train_segmentation(net, data.stack(idx), val, cfg.finetune, run_dir, seed,
                                    data.num_classes, roi, seg.sw_overlap, precision,
-                                   cfg.finetune.min_steps, seg.val_checks)
+                                   cfg.finetune.min_steps, seg.val_checks, device)
     test = split["test"]
     t0 = time.perf_counter()
     means, preds = evaluate(net, [data.images[i] for i in test], [data.labels[i] for i in test],

@@ -96,7 +96,7 @@ def test_finetune_keeps_the_best_validation_epoch_and_tests_that_checkpoint(monk
     # the class-1 logit minus the class-0 logit per epoch: flat, feature 0, feature 1, -feature 0
     heads = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (-1.0, 0.0)]
 
-    def fake_fit(net, images, y, spec, run_dir, seed, *, on_epoch_end, **kw):
+    def fake_fit(net, data, spec, run_dir, *, on_epoch_end, **kw):
         logs = []
         for epoch, (a, b) in enumerate(heads):  # "training" sets the head; selection sees each epoch
             with torch.no_grad():
@@ -107,7 +107,7 @@ def test_finetune_keeps_the_best_validation_epoch_and_tests_that_checkpoint(monk
         return SimpleNamespace(seconds=1.0, steps=len(heads))
 
     monkeypatch.setattr(finetune_module, "fit", fake_fit)
-    out = finetune_module.finetune(model, val, val, test, None, tmp_path, 0)
+    out = finetune_module.finetune(model, val, val, test, SimpleNamespace(batch_size=2), tmp_path, 0)
     assert out["best_epoch"] == 1 and out["val_auc"] == 1.0  # not epoch 2 (best on test) or 3 (last)
     assert out["auc"] == 0.0 and out["acc"] == 0.0  # epoch 1's head on the test set, by hand
     assert torch.equal(model.head.weight, torch.tensor([[0.0, 0.0], [20.0, 0.0]]))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from medssl.data.loaders import TensorBatches
 from medssl.engine import fit
 from medssl.engine.checkpoint import load_weights, save_weights
 from medssl.errors import MedsslError
@@ -201,7 +202,7 @@ def test_training_step_gives_a_finite_dice_ce_loss_and_gradients():
 def test_frozen_encoder_does_not_change_and_stays_in_eval_mode():
     net = SegmentationNet(_unet(), crop=(8, 8, 8), freeze_encoder=True)
     before = copy.deepcopy(net.unet.state_dict())
-    fit(net, *_batch_data(), SPEC, None, seed=0)
+    fit(net, TensorBatches(*_batch_data(), SPEC.batch_size, seed=0), SPEC, None)
     after = net.unet.state_dict()
     assert not net.unet.backbone.training
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
@@ -214,7 +215,7 @@ def test_encoder_lr_scale_scales_the_encoder_step_exactly():
     for scale in (1.0, 0.25):
         net = SegmentationNet(copy.deepcopy(base), crop=(8, 8, 8), augment=False, encoder_lr_scale=scale)
         torch.manual_seed(0)
-        fit(net, *_batch_data(), SPEC, None, seed=0)
+        fit(net, TensorBatches(*_batch_data(), SPEC.batch_size, seed=0), SPEC, None)
         steps[scale] = {k: v - base.state_dict()[k] for k, v in net.unet.state_dict().items()
                         if v.is_floating_point()}
     for key, full in steps[1.0].items():
@@ -261,7 +262,7 @@ def test_train_segmentation_keeps_the_best_validation_epoch(monkeypatch, tmp_pat
     thresholds = [0.05, 0.5, 0.9, 0.05]  # all foreground, exact, nothing, all foreground (the last)
     dice_all = 2 * 16 / (16 + 64)
 
-    def fake_fit(net, images, labels, spec, run_dir, seed, *, on_epoch_end, **kw):
+    def fake_fit(net, data, spec, run_dir, *, on_epoch_end, **kw):
         logs = []
         for epoch, t in enumerate(thresholds):
             with torch.no_grad():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from medssl.config import PretrainConfig, load_config
+from medssl.data.loaders import TensorBatches
 from medssl.engine import fit, seed_everything
 from medssl.engine.checkpoint import load_weights, save_weights
 from medssl.errors import MedsslError
@@ -100,8 +101,8 @@ def test_the_engine_logs_every_term(tmp_path):
     seed_everything(0)
     model, _ = combo({"denoising": 1.0, "simclr": 0.5, "rotation": 0.2})
     images = torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8)
-    fit(model, images, None, PretrainConfig(epochs=1, batch_size=8, warmup_epochs=0), tmp_path, 0,
-        log_every=1)
+    spec = PretrainConfig(epochs=1, batch_size=8, warmup_epochs=0)
+    fit(model, TensorBatches(images, None, 8, seed=0), spec, tmp_path, log_every=1)
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"loss", "loss/denoising", "loss/simclr", "loss/rotation"} <= set(rows[0])
 

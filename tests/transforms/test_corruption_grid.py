@@ -4,9 +4,9 @@ import torch
 from medssl.cli import main
 from medssl.config import load_config, save_config
 from medssl.engine.checkpoint import save_weights
+from medssl.inspection.corruption_grid import DISPLAY, corruption_grid
 from medssl.methods import create_method
 from medssl.registry import create_backbone
-from medssl.inspection.corruption_grid import DISPLAY, corruption_grid
 
 PNG = b"\x89PNG"
 

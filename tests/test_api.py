@@ -31,7 +31,8 @@ def images_2d(n: int = 16, side: int = 16) -> torch.Tensor:
                          generator=torch.Generator().manual_seed(1))
 
 
-def test_a_dict_config_is_checked_like_yaml(tmp_path):
+def test_a_dict_config_is_checked_like_yaml(tmp_path, monkeypatch):
+    monkeypatch.setattr("medssl.studies.run_study", lambda *a, **k: pytest.fail("ran a bad config"))
     with pytest.raises(MedsslError, match=r"config dict: unknown key 'pretrain\.epoch' \(did you mean "
                                           r"'pretrain\.epochs'\?\)"):
         medssl.run_study({"output_dir": str(tmp_path), "pretrain": {"epoch": 1}})

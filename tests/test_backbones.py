@@ -2,11 +2,12 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from bf16_grads import check_bf16_step
 
 from medssl.errors import MedsslError
-from medssl.models.backbones.resnet import guard_tiny_inputs, tiny_input_padding
 from medssl.registry import backbone_names, create_backbone
+
+BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @pytest.mark.parametrize("name", backbone_names())
@@ -26,15 +27,16 @@ def test_every_backbone_in_2d_and_3d(name, spatial_dims, in_channels):
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
 
 
+@pytest.mark.skipif(not BF16, reason="no native bf16 on this CPU")
 @pytest.mark.parametrize("name", backbone_names())
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_every_backbone_runs_under_bf16_autocast(name, spatial_dims):
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        pytest.skip("no native bf16 on this CPU")
+def test_every_backbone_has_right_bf16_gradients(name, spatial_dims):
+    """bf16 against fp32 and every small conv against float64 (tests/bf16_grads.py). At 16 px the
+    ResNets' last stages see 1-2 px: oneDNN's wrong sizes (3D 3x3x3 on 2^3, 3x3/2 on 1 px)."""
     net = create_backbone(name, spatial_dims, 1, width=0.125, img_size=16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net(torch.randn(2, 1, *[16] * spatial_dims))
-    assert out.shape == (2, net.num_features) and torch.isfinite(out.float()).all()
+    x, w = torch.randn(8, 1, *[16] * spatial_dims), torch.randn(net.num_features)
+    # a random projection (a ViT's LayerNorm'd output has a constant mean square: no gradient)
+    check_bf16_step(net, lambda: (net(x).float() * w).sum(1).mean(), hits_the_bug=name.startswith("resnet"))
 
 
 def test_small_stem_keeps_resolution_standard_stem_reduces_it():
@@ -69,44 +71,22 @@ def test_unknown_backbone_lists_known_names():
         create_backbone("resnet999")
 
 
-def test_tiny_input_padding_only_for_the_bad_sizes():
-    assert tiny_input_padding((1, 1), (3, 3), (1, 1)) == [1, 1]  # 1 px into 3x3/2 -> 2 px
-    assert tiny_input_padding((5, 6, 7), (7, 7, 7), (3, 3, 3)) == [3, 2, 1]  # 7x7x7/2 stem -> 8 voxels
-    assert tiny_input_padding((2, 3, 8), (3, 3, 3), (1, 1, 1)) == [0, 0, 0]
-    assert tiny_input_padding((4, 8, 28), (7, 7, 7), (3, 3, 3)) == [0, 0, 0]
-    assert tiny_input_padding((1,), (1,), (0,)) == [0]  # 1x1/2 downsampling: nothing to pad with
-
-
-@pytest.mark.parametrize("spatial_dims,size,kernel,padding",
-                         [(3, 7, 7, 3), (3, 5, 7, 3), (2, 1, 3, 1), (3, 1, 3, 1)])
-def test_guarded_conv_equals_float64_reference(spatial_dims, size, kernel, padding):
-    """Padding and cropping is exact; the guarded fp32 and bf16 weight gradients match float64
-    (unguarded, fp32 3D 7x7x7/2 on 7^3 inputs gave gradients of ~1e28 here)."""
-    torch.manual_seed(0)
-    conv_cls = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-    conv = conv_cls(16, 8, kernel, stride=2, padding=padding, bias=False)
-    ref = copy.deepcopy(conv).double()
-    guard_tiny_inputs(conv)
-    x = torch.randn(256, 16, *([size] * spatial_dims))
-    y_ref = ref(x.double())
-    y_ref.pow(2).mean().backward()
-    for bf16 in (False, True):
-        conv.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = conv(x)
-        assert y.shape == y_ref.shape
-        y.double().pow(2).mean().backward()
-        tol = 2e-2 if bf16 else 1e-5
-        torch.testing.assert_close(conv.weight.grad.double(), ref.weight.grad, rtol=tol, atol=tol)
-
-
-def test_resnet_stem_gradient_on_relative_location_tiles():
-    """3D ResNet-10 on 7^3 tiles (relative location on 28^3 volumes) trains with sane gradients."""
+def test_resnet_gradients_on_relative_location_tiles():
+    """3D ResNet-10 on 7^3 tiles (relative location on 28^3 volumes): 7^3 into the 7x7x7/2 stem
+    (fp32 weight gradient ~1e22 without the guard) and 2^3 into layer1's 3x3x3 convs (bf16
+    garbage without it). fp32: every conv's weight gradient against a float64 copy of the network
+    (measured <= 4e-6); bf16: tests/bf16_grads.py (a float64 network is no reference for bf16: the
+    rounding of 11 layers alone gives 0.2-0.4)."""
     torch.manual_seed(0)
     net = create_backbone("resnet10", 3, 1, width=0.25)
     ref = copy.deepcopy(net).double()
-    x = torch.randn(64, 1, 7, 7, 7)
+    x = torch.randn(32, 1, 7, 7, 7)
     net(x).pow(2).mean().backward()
     ref(x.double()).pow(2).mean().backward()
-    torch.testing.assert_close(net.net.conv1.weight.grad.double(), ref.net.conv1.weight.grad,
-                               rtol=1e-4, atol=1e-6)
+    for (name, p), q in zip(net.named_parameters(), ref.parameters(), strict=True):
+        if "conv" in name:
+            err = ((p.grad.double() - q.grad).abs().max() / q.grad.abs().max()).item()
+            assert err <= 1e-4, f"{name}: {err:.3g}"
+    if BF16:
+        net.zero_grad()
+        check_bf16_step(net, lambda: net(x).float().pow(2).mean())

@@ -22,6 +22,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from medssl.models.conv_guard import guard_convs
+
 FEATURES = ["0", "1", "2", "3"]  # the four backbone stages; FPN adds "pool" (used by the RPN only)
 RESTORE_SIZE = 28  # restored patch side M, the mask head's output size
 
@@ -206,7 +208,7 @@ def build_mask_rcnn(backbone: nn.Module, num_classes: int, image_size: int, rest
             restore_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, c),
             restore_weight=restore_weight, restore_loss=restore_loss,
         )
-    return model
+    return guard_convs(model)  # FPN, RPN and mask/restoration heads (oneDNN's tiny-input bug)
 
 
 def run_detector(detector: MaskRCNN, images: list[torch.Tensor], targets: list[dict] | None = None) -> object:

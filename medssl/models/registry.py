@@ -17,6 +17,7 @@ from collections.abc import Callable
 from torch import nn
 
 from medssl.errors import MedsslError
+from medssl.models.conv_guard import guard_convs
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -44,4 +45,5 @@ def create_backbone(name: str, spatial_dims: int = 2, in_channels: int = 1, **kw
         raise MedsslError(f"unknown backbone '{name}'{hint}; known: {', '.join(backbone_names())}")
     if spatial_dims not in (2, 3):
         raise MedsslError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    return _BACKBONES[name](spatial_dims=spatial_dims, in_channels=in_channels, **kwargs)
+    # guarded again here so that a new backbone cannot miss oneDNN's tiny-input workaround
+    return guard_convs(_BACKBONES[name](spatial_dims=spatial_dims, in_channels=in_channels, **kwargs))

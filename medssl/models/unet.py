@@ -14,6 +14,8 @@ from monai.networks.layers import Conv
 from monai.networks.nets.basic_unet import TwoConv
 from torch import nn
 
+from medssl.models.conv_guard import guard_convs
+
 ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
 NORM = ("instance", {"affine": True})
 
@@ -38,6 +40,7 @@ class UNet(nn.Module):
             in_ch = skip
         self.decoder = nn.ModuleList(ups)
         self.head = Conv[Conv.CONV, dims](in_ch, out_channels, kernel_size=1)
+        guard_convs(self)  # decoder and head; the backbone guards its own (oneDNN's tiny-input bug)
 
     def decode(self, stages: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
         """Decoder from the encoder's stage outputs (deepest last) up to spatial ``size``."""

@@ -10,10 +10,10 @@ He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNet, get_inplanes
 from torch import nn
 
+from medssl.models.conv_guard import guard_convs
 from medssl.models.registry import register_backbone
 
 
@@ -41,9 +41,7 @@ class ResNetBackbone(nn.Module):
         self.in_channels = in_channels
         self.num_features = int(get_inplanes()[-1] * width)
         self.feature_channels = [int(c * width) for c in get_inplanes()]  # per stage, for decoders
-        for conv in self.net.modules():
-            if isinstance(conv, (nn.Conv2d, nn.Conv3d)) and max(conv.stride) > 1:
-                guard_tiny_inputs(conv)
+        guard_convs(self)  # oneDNN's wrong gradients on tiny inputs (stages of 1-2 voxels, 7^3 tiles)
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after each of the four stages (strides 1-8 small stem, 4-32 standard)."""
@@ -62,49 +60,6 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.avgpool(self.forward_features(x)), 1)
-
-
-def tiny_input_padding(extents: tuple[int, ...], kernel: tuple[int, ...], pad: tuple[int, ...]) -> list[int]:
-    """Zeros to add after each spatial extent so that a strided convolution avoids oneDNN's bad sizes.
-
-    Why: oneDNN in torch 2.14.1 computes garbage weight gradients (up to 1e34, NaN, even heap
-    corruption) for a few tiny inputs, checked against float64 here: a 1-voxel input to a 3x3/2
-    convolution under bf16 (2D and 3D), and 5-7 voxel inputs to the 7x7x7/2 stem in fp32 (3D; the
-    7^3 tiles of relative location). Every other extent from 1 to 9 is right. Adding at most
-    ``pad`` zeros after the input (to 2, resp. kernel + 1 voxels) and cropping the output back is
-    exact: the added zeros are ones the convolution's own padding would have read.
-    """
-    extra = []
-    for e, k, p in zip(extents, kernel, pad, strict=True):
-        if k > 1 and e == 1 and p >= 1:
-            extra.append(1)
-        elif k >= 5 and k == 2 * p + 1 and p + 1 < e <= k:
-            extra.append(k + 1 - e)
-        else:
-            extra.append(0)
-    return extra
-
-
-def guard_tiny_inputs(conv: nn.Conv2d | nn.Conv3d) -> None:
-    """Hooks on ``conv`` that pad tiny inputs (see ``tiny_input_padding``) and crop the output back."""
-    def pad_input(module: nn.Module, args: tuple) -> tuple | None:
-        x = args[0]
-        extra = tiny_input_padding(tuple(x.shape[2:]), module.kernel_size, module.padding)
-        module._crop_to = None
-        if not any(extra):
-            return None
-        module._crop_to = [(e + 2 * p - k) // s + 1 for e, k, p, s in
-                           zip(x.shape[2:], module.kernel_size, module.padding, module.stride, strict=True)]
-        pads = [v for n in reversed(extra) for v in (0, n)]  # F.pad order: last dim first
-        return (F.pad(x, pads),)
-
-    def crop_output(module: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        if module._crop_to is None:
-            return None
-        return out[(..., *(slice(0, n) for n in module._crop_to))]
-
-    conv.register_forward_pre_hook(pad_input)
-    conv.register_forward_hook(crop_output)
 
 
 # Every factory takes ``img_size`` (ViTs need it to size their position embeddings); CNNs ignore it.

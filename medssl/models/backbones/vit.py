@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
 from torch import nn
 
+from medssl.models.conv_guard import guard_convs
 from medssl.models.registry import register_backbone
 
 
@@ -54,6 +55,7 @@ class ViTBackbone(nn.Module):
         self.norm = nn.LayerNorm(dim)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        guard_convs(self)  # the patch embedding (no wrong case measured for it, but new sizes may differ)
 
     def _pos_embed(self, grid: tuple[int, ...]) -> torch.Tensor:
         """[1, N, D] position embeddings for a patch grid, interpolated if it is not the native one."""

@@ -18,7 +18,7 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: venv
 	$(PY) benchmarks/throughput.py --out benchmarks/results/throughput.json

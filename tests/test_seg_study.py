@@ -94,7 +94,7 @@ def test_tiny_2d_isbi_study(tmp_path, capsys, data_dir):
     assert (tmp_path / "i" / "report.md").is_file()
 
 
-TINY_SLICES = [*TINY, "segmentation.max_cases=10", "segmentation.val_fraction=0.25", "pretrain.max_seconds=5",
+TINY_SLICES = [*TINY, "segmentation.max_cases=6", "segmentation.val_fraction=0.25", "pretrain.max_seconds=5",
                "finetune.fractions=[0.01]", "pretrain.batch_size=8"]
 
 

@@ -19,8 +19,12 @@ def run_cli(args, capsys):
     return code, captured.err
 
 
+# the resume test: 4 cheap cells (one 10% fraction, two seeds) rather than a 100% fine-tune
+TINY_GRID = [*TINY, "finetune.fractions=[0.1]", "finetune.seeds=[0, 1]"]
+
+
 def tiny_study(tmp_path, capsys, name="tiny"):
-    sets = [f"output_dir={tmp_path}", *TINY, f"name={name}"]
+    sets = [f"output_dir={tmp_path}", *TINY_GRID, f"name={name}"]
     args = ["study", "configs/demo.yaml"] + [a for s in sets for a in ("--set", s)]
     code, err = run_cli(args, capsys)
     assert code == 0, err
@@ -38,7 +42,7 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     assert not (tmp_path / "a.incomplete").exists()
     rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["protocol"] in ("finetune", "linear", "knn")]
-    assert len(evals) == 2 * 2 * 3  # fractions x inits x protocols, one seed
+    assert len(evals) == 2 * 2 * 3  # seeds x inits x protocols, one fraction
     for r in evals:
         for m in ("auc", "acc", "sensitivity", "specificity", "fpr"):
             assert math.isfinite(r[m]) and 0 <= r[m] <= 1, (r, m)
@@ -46,7 +50,7 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     subset = json.loads((run / "finetune/ssl_f0.1_s0/subset_indices.json").read_text())
     assert len(subset["indices"]) == 55 and subset["fraction"] == 0.1  # 15 malignant + 40 benign
     report = (run / "report.md").read_text()
-    assert "SSL − scratch" in report and "| 0.1 | ssl | 1 |" in report
+    assert "SSL − scratch" in report and "| 0.1 | ssl | 2 |" in report
 
     # The same study killed twice (mid-pretraining, then in the third cell) and resumed equals it
     b = resumed_study(tmp_path, monkeypatch)
@@ -70,7 +74,7 @@ def resumed_study(tmp_path, monkeypatch):
     from medssl.engine import trainer
     from medssl.studies import classification, run_study
 
-    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *TINY, "name=b",
+    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *TINY_GRID, "name=b",
                                             "engine.checkpoint_steps=3", "engine.log_every=1"])
     save, cell = trainer._save_checkpoint, classification.ClassificationTask.run_cell
     calls = []
@@ -99,7 +103,7 @@ def resumed_study(tmp_path, monkeypatch):
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))  # 1-3, then 4-8 once each
     calls.clear()
     out = run_study(cfg, resume=True)
-    assert calls == [("ssl", 1.0, 0), ("scratch", 1.0, 0)]  # the killed cell again, then the last one
+    assert calls == [("ssl", 0.1, 1), ("scratch", 0.1, 1)]  # the killed cell again, then the last one
     return out
 
 

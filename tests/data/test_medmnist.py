@@ -510,7 +510,7 @@ def test_cli_list_and_info(isolated, monkeypatch):
     assert "28" in row.split("│")[-2] and "546" in row
     from rich.console import Console
 
-    console = Console(record=True, width=250, color_system=None)
+    console = Console(record=True, width=1000, color_system=None)  # long tmp paths under xdist
     print_data_info(console, "breastmnist")
     out = console.export_text()
     assert str(isolated["root"] / "breastmnist.npz") in out

@@ -1,49 +1,66 @@
-"""Keep convolutions on tiny inputs away from oneDNN, whose gradients there are wrong (CPU, torch 2.14.1).
+"""Keep convolutions on tiny inputs away from oneDNN's wrong gradients (CPU, torch 2.14.1).
 
 Why: oneDNN in torch 2.14.1 returns wrong weight gradients, silently, for some convolutions whose
-input is not much larger than the kernel: finite garbage (1e31-1e38), inf or NaN, sometimes an
-error of "only" 80%, and some of these sizes corrupt the heap (``double free or corruption``,
-abort or segfault). The bug is data, batch and channel dependent, so a finite loss proves nothing.
+input is barely larger than the kernel: finite garbage (1e16-1e38), inf or NaN, or an error of
+"only" 40-100% that looks like a plausible gradient; a few sizes corrupt the heap (abort,
+segfault or a hang). Outputs and input gradients were right in every case measured.
 
-What a float64 reference found (single convs, padding k // 2, extents 1-9 (1-16 for the 7x7/2
-stem), strides 1-2, kernels 1/3/7, 2D and 3D, contiguous and channels_last, N 2-64, C 1-512, 3 data
-seeds; input gradients and outputs were right everywhere, only weight gradients go wrong):
+Measured against float64 (single convs, padding k // 2, extents 1-9, and 1-16 for the 7x7(x7)/2
+stems, strides 1-2, kernels 1/3/7, 2D and 3D, N 2-64, C 1-512, 3 data seeds):
 
-=====  ====  ======  ======  ==========================================================
+=====  ====  ======  ======  ==============================================================
 dtype  dims  kernel  stride  wrong input extents
-=====  ====  ======  ======  ==========================================================
-bf16   3D    3       1       2
-bf16   3D    3       2       1
-bf16   2D    3       2       1
-bf16   3D    7       1       1-6 (4: heap corruption)
-bf16   3D    7       2       1-5 (5: heap corruption)
+=====  ====  ======  ======  ==============================================================
+bf16   3D    3       1       2 (any C >= 16; a depth of 2 is enough: 2x8x8 too, not 8x8x2)
+bf16   3D    3       2       1 (C >= 16; a width of 1 is enough: 8x8x1 too, not 1x8x8)
+bf16   2D    3       2       1 (C >= 16; 8x1 too)
+bf16   3D    7       1       1-6 (C >= 16-32; 4: heap corruption)
+bf16   3D    7       2       1-5 (C >= 16; 5: heap corruption)
 bf16   2D    7       1       1-2 (C = 128)
-bf16   2D    7       2       1
-fp32   3D    7       2       5-7 (5: heap corruption)
-=====  ====  ======  ======  ==========================================================
+bf16   2D    7       2       1 (C >= 32)
+fp32   3D    7       2       5-7 (also with 1 or 3 input channels: the stem; 5: heap corruption)
+=====  ====  ======  ======  ==============================================================
 
-Right everywhere: kernel 1, every extent larger than the kernel, fp32 with kernel 3, and the
-patch embeddings (kernel = stride, no padding). The full table, with the channel counts that
-trigger each case, is in ``tests/test_conv_guard.py``.
+Right everywhere: kernel 1, every extent larger than the kernel, fp32 with kernel 3, channel
+counts below 16 (which is why the tests use >= 16).
 
-The guard: every convolution of a model built by medssl goes through ``guard_convs``, which turns
-each conv module into its ``Guarded*`` subclass (as ``torch.nn.utils.parametrize`` does). Its
-forward costs one shape check; when a spatial extent of a CPU input is at most the kernel size
-along that axis (``is_tiny``), the convolution and its backward run in fp32 with oneDNN switched
-off (ATen's own kernels) and autocast off, and the output is cast back to the dtype the plain
-convolution would have returned. The rule covers every wrong case with one voxel of margin and
-does not depend on the dtype, stride or channel count, since the bug does. On other devices the
-guard does nothing.
+The guard: every convolution of a model built by medssl goes through ``guard_convs`` (called by
+the backbones, the U-Net, Mask R-CNN and ``create_backbone``), which turns each conv module into its
+``Guarded*`` subclass (as ``torch.nn.utils.parametrize`` does). Its forward costs one shape check.
+When a spatial extent of a CPU input is at most the kernel size along that axis (``is_tiny``; it
+covers every wrong case with a margin and ignores the dtype, stride and channels, which the bug
+depends on in ways a sweep cannot pin down):
 
-Why fp32 without oneDNN rather than padding the input to a good size and cropping the output
-(exact too, with zero padding): padding needs a size oneDNN is known to get right for every
-batch, channel count and dtype, which a sweep cannot prove, and it is slower. Measured on this
-2-core CPU (forward + backward of every guarded conv of the real models, batch 64 / 32 tiles,
-bf16 autocast; ``benchmarks``-style timing, median of 20):
+- kernels of 3 or less, under autocast or in bf16/fp16: the convolution runs in fp32 with
+  autocast off (oneDNN's fp32 is right there), and the output is cast back to the dtype the plain
+  convolution returns; in fp32 nothing changes;
+- larger kernels (the 7x7x7/2 stem on 5-7 voxel tiles, a patch embedding on one patch), where
+  oneDNN's fp32 is wrong too: each tiny extent is zero-padded after its end to kernel + 1 voxels,
+  the convolution runs in fp32 on oneDNN and the output is cropped back (exact: the outputs kept
+  read only zeros that the convolution's own padding would supply; padding to the kernel size
+  alone still fails the float64 sweep). Transposed convolutions and other padding modes, which
+  cannot be padded this way, run in fp32 with oneDNN off (ATen's kernels, forward and backward).
 
-    {timings}
+On other devices the guard does nothing.
 
-A model step costs the same within noise either way.
+Why fp32 rather than padding every tiny input and staying in bf16: padding needs a size oneDNN
+gets right for every batch, channel count and dtype, which a sweep cannot prove (bf16 is wrong
+at 2 but right at 3 and 4 voxels for 3x3x3; 4 and 5 voxels are wrong for 7x7x7), and measured it
+is the slowest option; ATen's own kernels are exact but slow. Forward + backward of the convs
+that are tiny, bf16 autocast, resnet10 x0.5 at the benchmark batch (128 images), median of 7:
+
+==========================================  ======  ===========  =========  =================
+config (tiny convs)                         plain   fp32 oneDNN  fp32 ATen  bf16, pad to k+1
+==========================================  ======  ===========  =========  =================
+28^3 volumes, 2 views (3 convs)             28 ms   68 ms        296 ms     458 ms
+relative location 7^3 tiles (9 convs)       69 ms   102 ms       245 ms     593 ms
+jigsaw / rubik 12^3 cubes, 8 per image (8)  232 ms  360 ms       1544 ms    2311 ms
+==========================================  ======  ===========  =========  =================
+
+("plain" is oneDNN's wrong bf16; the guard takes the fp32 oneDNN column.) The stem on the 7^3
+tiles, padded to 8^3 in fp32: 33 ms against 31 ms plain and 38-44 ms with ATen's kernels. A whole
+bf16 backbone forward + backward, guarded against unguarded (one thread, a shared machine):
+4.5 s against 4.1 s at 28^3, 3.15 s against 3.23 s at 64^3, 118 ms against 116 ms on the tiles.
 """
 
 from __future__ import annotations

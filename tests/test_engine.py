@@ -128,12 +128,26 @@ def test_weights_round_trip_and_corrupt_checkpoint(tmp_path):
         load_weights(tmp_path / "bad.safetensors")
 
 
-def test_bf16_autocast_step_runs_when_supported():
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_bf16_fit_step_has_right_gradients(spatial_dims):
+    """One fit step under bf16 autocast (channels_last in 2D, as engine.channels_last defaults) against
+    the same step in fp32, and every small conv's weight gradient against float64 (see
+    tests/bf16_grads.py; 3D: resnet18_small at 16^3 has oneDNN's wrong 2^3 inputs in layer4)."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("no native bf16 on this CPU")  # the fp32 path is covered above
-    seed_everything(0)
-    result = run(tiny_simclr(), images(16), SPEC, None, precision=torch.bfloat16)
-    assert math.isfinite(result.last_loss)
+    from bf16_grads import assert_close_to_fp32, assert_convs_right, gradients, recording_convs
+
+    grads = {}
+    for precision in (None, torch.bfloat16):
+        seed_everything(0)  # the same weights, batch and views
+        model = tiny_simclr(spatial_dims)
+        with recording_convs(model) as calls:
+            result = run(model, images(8, spatial_dims), PretrainConfig(epochs=1, batch_size=8), None,
+                         precision=precision, channels_last=precision is not None and spatial_dims == 2)
+        assert result.steps == 1 and math.isfinite(result.last_loss)
+        grads[precision] = gradients(model)  # the last step's, left in .grad by the optimizer
+        assert_convs_right(model, calls, "bf16" if precision else "fp32", hits_the_bug=spatial_dims == 3)
+    assert_close_to_fp32(grads[torch.bfloat16], grads[None])
 
 
 def test_max_seconds_stops_after_the_step_that_runs_out_of_time():

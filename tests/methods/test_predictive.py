@@ -1,5 +1,6 @@
 import pytest
 import torch
+from bf16_grads import check_bf16_step
 
 from medssl.engine.checkpoint import load_weights, save_weights
 from medssl.errors import MedsslError
@@ -88,10 +89,14 @@ def test_rotation_needs_square_inputs():
 
 
 @pytest.mark.skipif(not BF16, reason="no native bf16 on this CPU")
+@pytest.mark.parametrize("dims,size,width", [(2, 16, 0.125), (3, 28, 0.25)])
 @pytest.mark.parametrize("name", PREDICTIVE)
-def test_one_bf16_step(name):
-    model, _ = tiny(name)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model.training_step({"image": torch.rand(4, 1, 16, 16)})["loss"]
-    loss.backward()
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+def test_bf16_gradients_match_fp32(name, dims, size, width):
+    """bf16 step against fp32 on the same tiles, small convs against float64 (bf16_grads.py). 3D at
+    28^3 with resnet10, as the AdrenalMNIST3D runs: relative location's 7^3 tiles (7x7x7/2 stem on
+    7^3, layer1 on 2^3), jigsaw and rubik's 12^3 cubes (layer2 on 2^3, layer4 on 1^3), rotation's
+    whole volume (layer3 on 2^3): every one of oneDNN's wrong sizes."""
+    backbone = create_backbone("resnet18_small" if dims == 2 else "resnet10", dims, 1, width=width)
+    model = create_method(name, backbone, dims, size, {})
+    x = torch.rand(4, 1, *[size] * dims)
+    check_bf16_step(model, lambda: model.training_step({"image": x})["loss"], hits_the_bug=dims == 3)

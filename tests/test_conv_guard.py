@@ -3,9 +3,10 @@
 oneDNN in torch 2.14.1 returns wrong weight gradients for some convolutions on tiny inputs (the
 table is in conv_guard's docstring). The sweep below runs every extent 1-8, stride 1-2 and kernel
 1/3/7, 2D and 3D, fp32 and bf16 autocast, through a guarded conv and compares its weight and input
-gradients with float64. The channel counts are ones that trigger the bug: without the guard
-(``is_tiny`` patched to False) the sweep fails (every seed here gives garbage for bf16 3D 3x3x3 on
-2^3, 3x3/2 on 1 px and the 7x7(x7) cases; some of them abort the process with heap corruption).
+gradients with float64. The batch and channel counts are ones that trigger the bug: without the
+guard (``conv_guard._BAD_DEVICE`` set to another device) the sweep fails with these seeds: bf16 2D
+3x3/2 on 1 px (inf), 3D 3x3x3 on 2^3 (0.96) and 3x3x3/2 on 1^3 (inf), 2D 7x7 on 1-2 px (1.15,
+5e27), and the 3D 7x7x7 sweep kills the process (segfault, heap corruption).
 """
 
 import copy

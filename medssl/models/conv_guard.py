@@ -5,8 +5,9 @@ input is barely larger than the kernel: finite garbage (1e16-1e38), inf or NaN, 
 "only" 40-100% that looks like a plausible gradient; a few sizes corrupt the heap (abort,
 segfault or a hang). Outputs and input gradients were right in every case measured.
 
-Measured against float64 (single convs, padding k // 2, extents 1-9, and 1-16 for the 7x7(x7)/2
-stems, strides 1-2, kernels 1/3/7, 2D and 3D, N 2-64, C 1-512, 3 data seeds):
+Measured against float64 (single convs, padding k // 2, extents 1-9, strides 1-2, kernels 1/3/7,
+2D and 3D, N 2-64, C 1-512, 2-3 data seeds; 2D also channels_last, with the same wrong cases;
+3D 3x3x3 also on mixed extents; 7x7x7/2 stems with 1 or 3 input channels on 1-6 voxels):
 
 =====  ====  ======  ======  ==============================================================
 dtype  dims  kernel  stride  wrong input extents
@@ -22,7 +23,8 @@ fp32   3D    7       2       5-7 (also with 1 or 3 input channels: the stem; 5: 
 =====  ====  ======  ======  ==============================================================
 
 Right everywhere: kernel 1, every extent larger than the kernel, fp32 with kernel 3, channel
-counts below 16 (which is why the tests use >= 16).
+counts below 16 (which is why the tests use >= 16). Not measured: transposed convolutions and
+patch embeddings (kernel = stride); the guard treats them by the same rule.
 
 The guard: every convolution of a model built by medssl goes through ``guard_convs`` (called by
 the backbones, the U-Net, Mask R-CNN and ``create_backbone``), which turns each conv module into its

@@ -79,7 +79,7 @@ class DistortionMaskRCNN(GeneratorState, nn.Module):
         x = batch["image"]
         if self.augment is not None:
             x = self.augment(x)
-        with torch.autocast("cpu", enabled=False):  # distortions and targets in fp32
+        with torch.autocast(x.device.type, enabled=False):  # distortions and targets in fp32
             d = self.distort(x.float())
         losses = {k: v.float() for k, v in self._run(list(d.input), region_targets(d)).items()}
         return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}

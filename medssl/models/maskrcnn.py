@@ -34,7 +34,7 @@ class BackboneFPN(nn.Module):
     x [B, C, H, W] -> OrderedDict "0".."3" (stage strides, e.g. 1-8 for resnet18_small) + "pool",
     each [B, out_channels, h, w]. ``body`` is the registered backbone itself, so its keys stay plain.
 
-    ``autocast_dtype``: when set, the backbone and FPN run under CPU autocast with that dtype and
+    ``autocast_dtype``: when set, the backbone and FPN run under autocast with that dtype and
     return fp32 features, while the caller runs the detection geometry in fp32 (see
     ``DistortionMaskRCNN._run``).
     """
@@ -50,7 +50,7 @@ class BackboneFPN(nn.Module):
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         if self.autocast_dtype is None:
             return self.fpn(OrderedDict(zip(FEATURES, self.body.stages(x), strict=True)))
-        with torch.autocast("cpu", dtype=self.autocast_dtype):
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype):
             feats = self.fpn(OrderedDict(zip(FEATURES, self.body.stages(x), strict=True)))
         return OrderedDict((k, v.float()) for k, v in feats.items())
 
@@ -212,7 +212,7 @@ def build_mask_rcnn(backbone: nn.Module, num_classes: int, image_size: int, rest
 
 
 def run_detector(detector: MaskRCNN, images: list[torch.Tensor], targets: list[dict] | None = None) -> object:
-    """``detector(images, targets)`` with only the backbone + FPN under the caller's CPU autocast.
+    """``detector(images, targets)`` with only the backbone + FPN under the caller's autocast.
 
     Why: under CPU bf16 autocast torchvision decodes the RPN's bf16 box deltas into bf16
     proposals and casts the ground-truth boxes to them (0.25-1 px steps at 64-256 px), so the
@@ -220,10 +220,10 @@ def run_detector(detector: MaskRCNN, images: list[torch.Tensor], targets: list[d
     (most of the compute) keep bf16; anchors, boxes, heads and losses run in fp32, which costs
     ~15% of a step at 64 px.
     """
-    body = detector.backbone
-    body.autocast_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    body, device = detector.backbone, images[0].device.type
+    body.autocast_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     try:
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(device, enabled=False):
             return detector(images, targets)
     finally:
         body.autocast_dtype = None

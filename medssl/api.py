@@ -80,7 +80,7 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig, *, overrides: S
     Returns:
         The finished run directory (``results.jsonl``, ``report.md``, ``pretrain/encoder.safetensors``).
     """
-    from medssl.cli import check_writable_dir
+    from medssl.io import check_writable_dir
     from medssl.studies import run_study as run
 
     cfg = study_config(config, overrides)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
 
 from medssl.errors import MedsslError
+from medssl.io import check_writable_dir
 
 console = Console()
 
@@ -34,21 +34,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
-
-
-def check_writable_dir(path: Path, what: str) -> None:
-    """``path`` is, or can be created as, a directory we may write in; else a one-line error.
-
-    Writability is tried (a temporary folder, removed at once), not guessed from permission bits,
-    which root ignores and read-only file systems do not show."""
-    path = Path(path)
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise MedsslError(f"{what} {path}: {existing} is a file, not a directory")
-    try:
-        tempfile.TemporaryDirectory(dir=existing, prefix=".medssl-write-test-").cleanup()
-    except OSError as err:
-        raise MedsslError(f"{what} {path}: {existing} is not writable ({err.strerror})") from err
 
 
 def _add_config_args(p: argparse.ArgumentParser, config_required: bool) -> None:

@@ -1,4 +1,5 @@
-"""File writes that readers never see half done (used by data, engine, studies and report alike)."""
+"""File writes that readers never see half done, and the writability check of output folders
+(used by data, engine, studies, report, the CLI and the API alike)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from medssl.errors import MedsslError
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -25,3 +28,18 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """``path`` is, or can be created as, a directory we may write in; else a one-line error.
+
+    Writability is tried (a temporary folder, removed at once), not guessed from permission bits,
+    which root ignores and read-only file systems do not show."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise MedsslError(f"{what} {path}: {existing} is a file, not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".medssl-write-test-").cleanup()
+    except OSError as err:
+        raise MedsslError(f"{what} {path}: {existing} is not writable ({err.strerror})") from err

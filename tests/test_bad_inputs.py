@@ -406,20 +406,21 @@ def test_the_table_is_big_and_ids_unique():
     assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
 
 
-def test_hostile_state_pt_is_refused_not_executed_with_a_clean_message(tmp_path):
-    """A real malicious pickle: torch.save of an object whose __reduce__ calls os.system."""
+def test_hostile_checkpoint_is_refused_not_executed_with_a_clean_message(tmp_path):
+    """A real malicious pickle (torch.save of an object whose __reduce__ calls os.system) where
+    resume reads its training state: checkpoints are safetensors only, nothing is unpickled."""
     import torch
 
-    from medssl.engine.checkpoint import load_state
+    from medssl.engine.checkpoint import load_checkpoint
     from medssl.errors import MedsslError
 
     marker = tmp_path / "PWNED"
-    torch.save({"epoch": 0, "payload": Evil(marker)}, tmp_path / "state.pt")
+    torch.save({"step": 0, "payload": Evil(marker)}, tmp_path / "checkpoint.safetensors")
     with pytest.raises(MedsslError) as err:
-        load_state(tmp_path / "state.pt")
+        load_checkpoint(tmp_path / "checkpoint.safetensors")
     message = str(err.value)
     assert not marker.exists(), "the pickle payload ran"
-    assert "state.pt: training state refused" in message and "\n" not in message
+    assert "checkpoint.safetensors: not a readable safetensors" in message and "\n" not in message
     assert "weights_only" not in message and "os.system" not in message and "posix" not in message
 
 

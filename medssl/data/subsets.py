@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medssl.errors import MedsslError
+from medssl.io import atomic_write
 
 
 def _as_numpy(labels: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ def label_fraction_indices(
 def save_indices(
     path: str | os.PathLike, indices: np.ndarray | list[int], /, **meta: object
 ) -> Path:
-    """Write ``{"indices": [...], **meta}`` as JSON atomically (temp file + ``os.replace``).
+    """Write ``{"indices": [...], **meta}`` as JSON atomically (``medssl.io.atomic_write``).
 
     Returns:
         The path written.
@@ -82,14 +82,12 @@ def save_indices(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"indices": [int(i) for i in np.asarray(indices).ravel()], **meta}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=1)
             fh.write("\n")
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+
+    atomic_write(path, write)
     return path
 
 

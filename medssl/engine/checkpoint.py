@@ -37,20 +37,6 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         raise MedsslError(f"{path}: not a readable safetensors checkpoint ({err})") from err
 
 
-def save_state(state: dict[str, Any], path: Path) -> None:
-    """Optimizer/step/RNG state, written atomically; read back with ``weights_only=True``."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # never relay torch's text: it suggests unpickling unsafely
-        raise MedsslError(f"{path}: training state refused: corrupt, or it holds Python objects "
-                          f"other than tensors and plain values ({type(err).__name__}); delete it "
-                          "and start a new run") from err
-
-
 # Training state inside the weights file: one atomic file per checkpoint, so a kill can never pair
 # new weights with an old optimizer state, and nothing is unpickled on resume. safetensors holds
 # only flat tensors and string metadata, so nested state (optimizer, RNGs) is split here into

@@ -27,7 +27,8 @@ import yaml
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, steps_per_epoch
-from medssl.data.medmnist import MedMNIST, load_medmnist
+from medssl.data.medmnist import load_medmnist
+from medssl.data.types import ClassificationData
 from medssl.engine import fit, resolve_device, resolve_precision, seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.probes import extract_features, knn_probe, linear_probe
@@ -64,7 +65,7 @@ def encoder_for(method: str, spatial_dims: int) -> tuple[str, float]:
 OPTIM_KEYS = ("optimizer", "lr", "weight_decay")  # PretrainConfig defaults, the same for every method
 
 
-def evaluate(backbone: torch.nn.Module, data: MedMNIST, precision: torch.dtype | None) -> dict:
+def evaluate(backbone: torch.nn.Module, data: ClassificationData, precision: torch.dtype | None) -> dict:
     """kNN (k=20) and linear probe on frozen features: full train split -> test split."""
     feats = {s: extract_features(backbone, getattr(data, s).images, precision=precision)
              for s in ("train", "val", "test")}
@@ -75,7 +76,7 @@ def evaluate(backbone: torch.nn.Module, data: MedMNIST, precision: torch.dtype |
     return {"knn_auc": knn["auc"], "knn_acc": knn["acc"], "linear_auc": lin["auc"], "linear_acc": lin["acc"]}
 
 
-def new_model(entry: str, data: MedMNIST, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+def new_model(entry: str, data: ClassificationData, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     seed_everything(seed)
     method, args = resolve_entry(entry)
     name, width = encoder_for(method, data.spatial_dims)
@@ -83,7 +84,7 @@ def new_model(entry: str, data: MedMNIST, seed: int) -> tuple[torch.nn.Module, t
     return backbone, create_method(method, backbone, data.spatial_dims, data.size, args)
 
 
-def pretrain(method: str, data: MedMNIST, budget: float, batch_size: int, seed: int,
+def pretrain(method: str, data: ClassificationData, budget: float, batch_size: int, seed: int,
              precision: torch.dtype | None) -> tuple[torch.nn.Module, dict]:
     """Train ``method`` for ``budget`` seconds; returns the backbone and the training stats."""
     images = data.train.images
@@ -98,7 +99,7 @@ def pretrain(method: str, data: MedMNIST, budget: float, batch_size: int, seed: 
     backbone, model = new_model(method, data, seed)
     result = fit(model, _batches(images, batch_size, seed), spec, None, device=DEVICE, precision=precision,
                  checkpoint=False,
-                 max_seconds=budget, desc=f"{data.flag} {method}")
+                 max_seconds=budget, desc=f"{data.name} {method}")
     stats = {"planned_epochs": epochs, "epochs": round(result.steps / per_epoch, 2), "steps": result.steps,
              "seconds": round(result.seconds, 1), "img_per_s": round(result.images_per_second, 1),
              "last_loss": result.last_loss}
@@ -181,17 +182,17 @@ def main() -> None:
             seed_everything(args.seed)
             backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
                                        img_size=data.size)
-            rows.append({"dataset": data.flag, "backbone": name, "width": width, "method": "random-init",
+            rows.append({"dataset": data.name, "backbone": name, "width": width, "method": "random-init",
                          **evaluate(backbone, data, precision)})
             write(out, meta, rows)
         for entry in methods:
             name, width = encoder_for(resolve_entry(entry)[0], data.spatial_dims)
-            info = {"dataset": data.flag, "backbone": name, "width": width, "method": entry}
+            info = {"dataset": data.name, "backbone": name, "width": width, "method": entry}
             try:
                 backbone, stats = pretrain(entry, data, args.budget_seconds, args.batch_size, args.seed,
                                            precision)
             except MedsslError as err:  # e.g. Rubik's cube is 3D only
-                print(f"skipped {entry} on {data.flag}: {err}", flush=True)
+                print(f"skipped {entry} on {data.name}: {err}", flush=True)
                 continue
             rows.append({**info, **stats, **evaluate(backbone, data, precision)})
             write(out, meta, rows)

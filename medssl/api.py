@@ -33,10 +33,10 @@ from medssl.config import (
     save_config,
     to_dict,
 )
-from medssl.data.folder import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_files, read_any_image
+from medssl.data.folder import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_files, read_any_image, spatial_kind
+from medssl.data.types import PretrainData
 from medssl.data.volume import (
     NIFTI_SUFFIXES,
-    is_nifti,
     normalize_intensity,
     pad_or_crop,
     read_nifti,
@@ -268,8 +268,8 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
                      "method_args": dict(method_args or {}), **pretrain_overrides}}, "medssl.pretrain")
     method_config(cfg.pretrain.method, cfg.pretrain.method_args)
     runtime(cfg)
-    if batch_size > len(pool.train.images):
-        raise MedsslError(f"batch_size {batch_size} is larger than the {len(pool.train.images)} images")
+    if batch_size > len(pool):
+        raise MedsslError(f"batch_size {batch_size} is larger than the {len(pool)} images")
     if out is None:
         with tempfile.TemporaryDirectory(prefix="medssl-pretrain-") as tmp:
             run_pretrain(cfg, pool, Path(tmp))
@@ -286,9 +286,8 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
     return load_encoder(out)
 
 
-def _pool(images: Any, size: int | None) -> tuple[Any, str]:
-    """(pretraining pool with ``train.images``, ``spatial_dims``, ``in_channels``, ``size``; a name)."""
-    from medssl.data.segmentation import Pool, PretrainData
+def _pool(images: Any, size: int | None) -> tuple[PretrainData, str]:
+    """The pretraining pool and a name for the run."""
 
     if isinstance(images, (str, Path)) and Path(images).is_dir():
         x, name = _read_folder(Path(images), size), Path(images).name or "folder"
@@ -298,12 +297,12 @@ def _pool(images: Any, size: int | None) -> tuple[Any, str]:
         from medssl.data.medmnist import load_medmnist
 
         data = load_medmnist(images, size or 28)  # an unknown flag: "unknown dataset ... (did you mean"
-        return data, data.flag
+        return data.pretrain_data(), data.name
     else:
         x, name = _as_uint8(images), "tensor"
         if size is not None:
             x = _resize(x, size)
-    return PretrainData(Pool(x), x.dim() - 2, int(x.shape[1]), size or min(x.shape[2:])), name
+    return PretrainData(x, x.dim() - 2, int(x.shape[1]), size or min(x.shape[2:])), name
 
 
 def _as_uint8(images: Any) -> torch.Tensor:
@@ -337,11 +336,9 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 def _read_folder(folder: Path, size: int | None) -> torch.Tensor:
     """A folder of grey 2D images or NIfTI volumes -> uint8 ``[N, 1, *S]``."""
     files = list_files(folder, NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES)
-    volumes = [is_nifti(p) for p in files]
-    if any(volumes) and not all(volumes):
-        raise MedsslError(f"{files[volumes.index(not volumes[0])]}: folder mixes NIfTI volumes and 2D images")
-    arrays = [to_uint8(normalize_intensity(read_nifti(p)[0])) if v else to_uint8(read_any_image(p))
-              for p, v in zip(files, volumes, strict=True)]
+    volumes = spatial_kind(files) == 3
+    arrays = [to_uint8(normalize_intensity(read_nifti(p)[0])) if volumes else to_uint8(read_any_image(p))
+              for p in files]
     if size is not None:
         return torch.cat([_resize(torch.from_numpy(a)[None, None], size) for a in arrays])
     shape = tuple(int(n) for n in np.max([a.shape for a in arrays], 0))

@@ -38,7 +38,7 @@ def test_real_hippocampus_loader(data_dir):
         assert image.dtype == np.uint8 and label.dtype == np.uint8 and image.shape == label.shape
         assert image.min() == 0 and image.max() == 255 and set(np.unique(label)) == {0, 1, 2}
     assert data.spacings[0] == (1.0, 1.0, 1.0) and data.groups == data.cases
-    pool = data.pretrain_data().train.images
+    pool = data.pretrain_data().images
     assert pool.shape == (12, 1, 48, 64, 48)
 
 
@@ -49,7 +49,7 @@ def test_real_isbi_loader(data_dir):
     membrane = np.mean([lab.mean() for lab in data.labels])
     assert 0.15 < membrane < 0.3  # ~22% membrane (class 1 = stored value 0)
     assert data.groups[:4] == ["0", "0", "0", "3"]  # blocks of 3 neighbouring slices
-    assert data.train.images.shape == (60 * 64, 1, 64, 64)
+    assert data.pretrain_data().images.shape == (60 * 64, 1, 64, 64)
 
 
 def _rows(run):
@@ -211,9 +211,9 @@ def test_pretraining_pool_tiles_2d_pads_3d_and_can_leave_out_test_cases():
                                 [np.zeros(s, np.uint8) for s in shapes], [(1.0,) * dims] * len(shapes))
 
     d2 = data(2, [(64, 96), (64, 64)], 32)
-    assert d2.train.images.shape == (6 + 4, 1, 32, 32)
+    assert d2.pretrain_data().images.shape == (6 + 4, 1, 32, 32)
     d3 = data(3, [(4, 6, 8), (6, 6, 6), (5, 5, 5)], 4)
-    pool = d3.pretrain_data(exclude=[1]).train.images
+    pool = d3.pretrain_data(exclude=[1]).images
     assert pool.shape == (2, 1, 6, 6, 8) and set(np.unique(pool.numpy())) == {0, 2}  # case 1 left out
     x, y = d3.stack([0, 2])
     assert x.shape == (2, 1, 6, 6, 8) and y.shape == (2, 6, 6, 8)

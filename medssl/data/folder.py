@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medssl.data.types import ClassificationData, Split
 from medssl.data.volume import NIFTI_SUFFIXES, apply_window, normalize_intensity, read_dicom, to_uint8
 from medssl.errors import MedsslError
 
@@ -109,6 +110,15 @@ def read_mask(path: str | Path) -> np.ndarray:
     if arr.ndim != 2:
         raise MedsslError(f"{path}: expected a 2D label image, got shape {tuple(arr.shape)}")
     return arr
+
+
+def spatial_kind(files: list[Path]) -> int:
+    """3 for NIfTI folders, 2 for image folders; a mix is an error naming the odd file."""
+    dims = [3 if p.name.lower().endswith(NIFTI_SUFFIXES) else 2 for p in files]
+    if len(set(dims)) > 1:
+        odd = files[dims.index(3 if dims.count(3) < dims.count(2) else 2)]
+        raise MedsslError(f"{odd}: folder mixes NIfTI volumes and 2D images")
+    return dims[0]
 
 
 def pair_by_name(images: Sequence[Path], masks: Sequence[Path]) -> list[tuple[Path, Path]]:
@@ -225,15 +235,15 @@ def resize_uint8(x01: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_csv_classification(csv_path: str | Path, columns: Sequence[str], size: int, window: str,
-                            folds: int, test_fold: int, seed: int, name: str | None = None):
-    """A labelled image CSV as a :class:`~medssl.data.medmnist.MedMNIST`-shaped dataset with
+                            folds: int, test_fold: int, seed: int,
+                            name: str | None = None) -> ClassificationData:
+    """A labelled image CSV as :class:`~medssl.data.types.ClassificationData` with
     patient-level splits: fold ``test_fold`` is test, fold ``test_fold + 1`` validation, the rest
     train (folds from :func:`medssl.data.splits.group_kfold` over pseudonymised patient ids).
 
     Images are resized to ``size`` x ``size`` uint8 (``[N, 1, size, size]``); labels must be
     integers ``0..K-1``. The classification study uses it for ``data.format: csv``.
     """
-    from medssl.data.medmnist import MedMNIST, Split
     from medssl.data.splits import group_kfold
 
     csv_path = Path(csv_path)
@@ -250,6 +260,6 @@ def load_csv_classification(csv_path: str | Path, columns: Sequence[str], size: 
     parts = {"test": fold == test_fold, "val": fold == val_fold,
              "train": (fold != test_fold) & (fold != val_fold)}
     splits = {k: Split(torch.from_numpy(images[m]), torch.from_numpy(labels[m])) for k, m in parts.items()}
-    info = {"spatial_dims": 2, "n_channels": 1, "label": {str(c): str(c) for c in classes},
-            "task": "binary-class" if len(classes) == 2 else "multi-class"}
-    return MedMNIST(name or csv_path.parent.name, size, csv_path, info, **splits)
+    task = "binary-class" if len(classes) == 2 else "multi-class"
+    return ClassificationData(name or csv_path.parent.name, 2, 1, size, task, tuple(map(str, classes)),
+                              csv_path, **splits)

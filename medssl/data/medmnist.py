@@ -23,79 +23,18 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medssl.data.medmnist_info import INFO
+from medssl.data.types import SPLITS, ClassificationData, Split
 from medssl.errors import MedsslError
 
 DATA_DIR_ENV = "MEDSSL_DATA_DIR"
-SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = tuple(f"{s}_{kind}" for s in SPLITS for kind in ("images", "labels"))
 _DOWNLOAD_TIMEOUT_S = 60
-
-
-@dataclass(frozen=True, eq=False)
-class Split:
-    """One split: uint8 channel-first images and int64 labels.
-
-    Attributes:
-        images: ``[N, C, H, W]`` (2D) or ``[N, C, D, H, W]`` (3D), dtype uint8.
-        labels: ``[N]`` int64, or ``[N, L]`` int64 (0/1) for multi-label tasks.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class MedMNIST:
-    """A loaded MedMNIST dataset (all three official splits)."""
-
-    flag: str
-    size: int
-    path: Path
-    info: dict
-    train: Split
-    val: Split
-    test: Split
-
-    @property
-    def spatial_dims(self) -> int:
-        """2 for 2D datasets, 3 for 3D ones."""
-        return int(self.info["spatial_dims"])
-
-    @property
-    def in_channels(self) -> int:
-        """Number of image channels (1 or 3)."""
-        return int(self.info["n_channels"])
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (number of labels for multi-label tasks)."""
-        return len(self.info["label"])
-
-    @property
-    def task(self) -> str:
-        """MedMNIST task string, e.g. ``"binary-class"``."""
-        return str(self.info["task"])
-
-    @property
-    def multi_label(self) -> bool:
-        """True for multi-label tasks (labels are ``[N, L]``)."""
-        return is_multi_label(self.info)
-
-    def split(self, name: str) -> Split:
-        """Return the split called ``name`` (train, val or test)."""
-        if name not in SPLITS:
-            raise MedsslError(f"unknown split '{name}'; expected one of: {', '.join(SPLITS)}")
-        return getattr(self, name)
 
 
 # --------------------------------------------------------------------------- info helpers
@@ -384,10 +323,12 @@ def load_npz(path: str | os.PathLike, flag: str, size: int) -> tuple[Split, Spli
 
 def load_medmnist(
     flag: str, size: int = 28, path: str | os.PathLike | None = None, download: bool = True
-) -> MedMNIST:
+) -> ClassificationData:
     """Resolve (and if needed download) then load and validate a MedMNIST dataset."""
     info = dataset_info(flag)
     key = flag.lower()
     file = resolve(key, size, path, download)
     train, val, test = load_npz(file, key, size)
-    return MedMNIST(flag=key, size=size, path=file, info=info, train=train, val=val, test=test)
+    names = tuple(info["label"][str(i)] for i in range(len(info["label"])))
+    dims, channels = int(info["spatial_dims"]), int(info["n_channels"])
+    return ClassificationData(key, dims, channels, size, str(info["task"]), names, file, train, val, test)

@@ -4,9 +4,9 @@ Cases are image/mask pairs matched by file name. Each image is normalised once (
 percentile clip + min-max to uint8; 2D 8-bit images are kept as stored) and kept at its own shape
 for evaluation; :meth:`SegmentationData.stack` pads/crops cases to one shape for training batches.
 
-The object also serves :func:`medssl.studies.pretrain` (duck-typed like a MedMNIST dataset):
-``train.images`` is the unlabelled pool (3D: whole volumes padded to ``shape``; 2D: non-overlapping
-``size`` x ``size`` tiles of every image), plus ``spatial_dims``, ``in_channels`` and ``size``.
+:meth:`SegmentationData.pretrain_data` gives the unlabelled pool as
+:class:`~medssl.data.types.PretrainData` (3D: whole volumes padded to ``shape``; 2D: non-overlapping
+``size`` x ``size`` tiles of every image).
 """
 
 from __future__ import annotations
@@ -19,11 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medssl.data.folder import IMAGE_SUFFIXES, list_files, pair_by_name, read_image, read_mask, stem
+from medssl.data.folder import (
+    IMAGE_SUFFIXES,
+    list_files,
+    pair_by_name,
+    read_image,
+    read_mask,
+    spatial_kind,
+    stem,
+)
 from medssl.data.medmnist import DATA_DIR_ENV
+from medssl.data.types import PretrainData
 from medssl.data.volume import (
     NIFTI_SUFFIXES,
-    is_nifti,
     normalize_intensity,
     pad_or_crop,
     read_nifti,
@@ -32,26 +40,6 @@ from medssl.data.volume import (
     to_uint8,
 )
 from medssl.errors import MedsslError
-
-
-@dataclass(frozen=True, eq=False)
-class Pool:
-    """Unlabelled images for pretraining: uint8 ``[N, C, *S]``."""
-
-    images: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
-@dataclass(frozen=True, eq=False)
-class PretrainData:
-    """What :func:`medssl.studies.pretrain` reads from a dataset."""
-
-    train: Pool
-    spatial_dims: int
-    in_channels: int
-    size: int
 
 
 @dataclass(eq=False)
@@ -88,10 +76,6 @@ class SegmentationData:
         """Classes including background."""
         return len(self.class_names) + 1
 
-    @property
-    def flag(self) -> str:
-        return self.name
-
     def __len__(self) -> int:
         return len(self.cases)
 
@@ -109,13 +93,7 @@ class SegmentationData:
             pool = np.stack([pad_or_crop(a, self.shape) for a in arrays])
         else:
             pool = np.concatenate([tiles(a, self.size) for a in arrays])
-        return PretrainData(Pool(torch.from_numpy(pool)[:, None]), self.spatial_dims, self.in_channels,
-                            self.size)
-
-    @property
-    def train(self) -> Pool:
-        """All images as the pretraining pool (``pretrain_data().train``)."""
-        return self.pretrain_data().train
+        return PretrainData(torch.from_numpy(pool)[:, None], self.spatial_dims, self.in_channels, self.size)
 
 
 def tiles(image: np.ndarray, size: int) -> np.ndarray:
@@ -164,15 +142,6 @@ def resolve_root(dataset: str, path: str | None) -> Path:
     return root
 
 
-def _spatial_kind(files: list[Path]) -> int:
-    """3 for NIfTI folders, 2 for image folders; a mix is an error naming the odd file."""
-    dims = [3 if is_nifti(p) else 2 for p in files]
-    if len(set(dims)) > 1:
-        odd = files[dims.index(3 if dims.count(3) < dims.count(2) else 2)]
-        raise MedsslError(f"{odd}: folder mixes NIfTI volumes and 2D images")
-    return dims[0]
-
-
 def _read_case(image: Path, mask: Path, dims: int, seg) -> tuple[np.ndarray, np.ndarray, tuple]:
     """One image/mask pair -> (uint8 image, uint8 class map, spacing)."""
     if dims == 3:
@@ -209,7 +178,7 @@ def load_segmentation(name: str, root: Path, seg, size: int) -> SegmentationData
     pairs = pair_by_name(list_files(root / seg.images, suffixes), list_files(root / seg.masks, suffixes))
     if seg.max_cases:
         pairs = pairs[: seg.max_cases]
-    dims = _spatial_kind([p for pair in pairs for p in pair])
+    dims = spatial_kind([p for pair in pairs for p in pair])
     images, labels, spacings = [], [], []
     for image, mask in pairs:
         x, y, spacing = _read_case(image, mask, dims, seg)
@@ -219,7 +188,7 @@ def load_segmentation(name: str, root: Path, seg, size: int) -> SegmentationData
     extra = []
     if seg.unlabelled:
         files = list_files(root / seg.unlabelled, suffixes)
-        _spatial_kind([*files, pairs[0][0]])
+        spatial_kind([*files, pairs[0][0]])
         extra = [_read_unlabelled(p, dims, seg) for p in files]
     cases = [stem(img) for img, _ in pairs]
     groups = [cases[i - i % seg.group_size] for i in range(len(cases))]  # blocks of neighbours

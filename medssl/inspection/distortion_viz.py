@@ -26,7 +26,7 @@ def _pool(cfg: StudyConfig) -> torch.Tensor:
     if cfg.task == "segmentation":
         from medssl.studies.segmentation import load_checked
 
-        return load_checked(cfg).pretrain_data().train.images
+        return load_checked(cfg).pretrain_data().images
     from medssl.data.medmnist import load_medmnist
 
     return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path).test.images

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from medssl.config import StudyConfig
-from medssl.data.medmnist import MedMNIST, load_medmnist
+from medssl.data.medmnist import load_medmnist
 from medssl.data.subsets import label_fraction_indices, save_indices
+from medssl.data.types import ClassificationData, PretrainData
 from medssl.engine import resolve_channels_last, seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.finetune import Classifier, finetune
@@ -26,25 +27,25 @@ SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
 class ClassificationTask:
     """MedMNIST (default) or a label CSV with patient-level folds; the dataset's own split."""
 
-    def load(self, cfg: StudyConfig) -> MedMNIST:
+    def load(self, cfg: StudyConfig) -> ClassificationData:
         data = _load(cfg)
         if data.task not in SUPPORTED_TASKS:
-            raise MedsslError(f"{data.flag}: task '{data.task}' is not supported yet "
+            raise MedsslError(f"{data.name}: task '{data.task}' is not supported yet "
                               f"(supported: {', '.join(SUPPORTED_TASKS)})")
         if data.num_classes == 2 and cfg.data.positive_class not in (0, 1):
             raise MedsslError(f"data.positive_class must be 0 or 1, got {cfg.data.positive_class}")
         build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)  # unknown names fail here
         return data
 
-    def info(self, cfg: StudyConfig, data: MedMNIST) -> dict[str, Any]:
-        return {"dataset": data.flag, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
+    def info(self, cfg: StudyConfig, data: ClassificationData) -> dict[str, Any]:
+        return {"dataset": data.name, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
                 "width": cfg.model.width}
 
-    def folds(self, cfg: StudyConfig, data: MedMNIST, work: Path) -> dict[int, None]:
+    def folds(self, cfg: StudyConfig, data: ClassificationData, work: Path) -> dict[int, None]:
         return {0: None}  # the dataset's own train/val/test split
 
-    def pretrain_pool(self, cfg: StudyConfig, data: MedMNIST, folds: dict | None) -> MedMNIST:
-        return data  # the unlabelled training images
+    def pretrain_pool(self, cfg: StudyConfig, data: ClassificationData, folds: dict | None) -> PretrainData:
+        return data.pretrain_data()  # the training images, never val or test
 
     def needs_checkpoint(self, cfg: StudyConfig) -> bool:
         return False
@@ -52,12 +53,12 @@ class ClassificationTask:
     def cell_dir(self, cell: Cell) -> Path:
         return Path("finetune") / f"{cell.init}_f{cell.fraction:g}_s{cell.seed}"
 
-    def run_cell(self, cfg: StudyConfig, data: MedMNIST, split: None, cell: Cell,
+    def run_cell(self, cfg: StudyConfig, data: ClassificationData, split: None, cell: Cell,
                  pretrained: Pretrained | None, run_dir: Path) -> list[dict[str, Any]]:
         idx = label_fraction_indices(data.train.labels, cell.fraction, cell.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_indices(run_dir / "subset_indices.json", idx, fraction=cell.fraction, seed=cell.seed,
-                     dataset=data.flag, split="train")
+                     dataset=data.name, split="train")
         seed_everything(cell.seed)
         backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
         if pretrained is not None:
@@ -90,7 +91,7 @@ class ClassificationTask:
         return f"{cell.init} fraction={cell.fraction:g} seed={cell.seed}: done"
 
 
-def _load(cfg: StudyConfig) -> MedMNIST:
+def _load(cfg: StudyConfig) -> ClassificationData:
     """MedMNIST (default) or, with ``data.format: csv``, a label CSV with patient-level folds."""
     if cfg.data.format == "medmnist":
         return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path)

@@ -21,10 +21,11 @@ import torch
 from rich.console import Console
 
 from medssl.config import StudyConfig
+from medssl.data.types import PretrainData
 from medssl.engine.checkpoint import load_weights
 from medssl.errors import MedsslError
 from medssl.methods import method_config
-from medssl.studies.pretrain import PretrainPool, pretrain, runtime
+from medssl.studies.pretrain import pretrain, runtime
 from medssl.studies.rundir import append_row, finish_run, run_cell, start_run
 
 console = Console(stderr=True)
@@ -60,7 +61,7 @@ class Task(Protocol):
     def folds(self, cfg: StudyConfig, data: Any, work: Path) -> dict[int, Any]:
         """Test fold -> split (saved under ``work`` where the task has its own splits)."""
 
-    def pretrain_pool(self, cfg: StudyConfig, data: Any, folds: dict[int, Any] | None) -> PretrainPool:
+    def pretrain_pool(self, cfg: StudyConfig, data: Any, folds: dict[int, Any] | None) -> PretrainData:
         """The unlabelled images to pretrain on (``folds`` None: every image, for ``medssl pretrain``)."""
 
     def needs_checkpoint(self, cfg: StudyConfig) -> bool:

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from rich.console import Console
 
 from medssl.config import ModelConfig, StudyConfig
 from medssl.data.loaders import TensorBatches
+from medssl.data.types import PretrainData
 from medssl.engine import fit, resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from medssl.engine.checkpoint import save_weights
 from medssl.methods import create_method
 from medssl.registry import create_backbone
 
 console = Console(stderr=True)
-
-
-class PretrainPool(Protocol):
-    """What pretraining reads from a dataset: ``train.images`` uint8 ``[N, C, *S]`` and its geometry."""
-
-    spatial_dims: int
-    in_channels: int
-    size: int
-
-    @property
-    def train(self) -> Any: ...
 
 
 def build_backbone(model: ModelConfig, spatial_dims: int, in_channels: int, size: int) -> torch.nn.Module:
@@ -40,8 +30,8 @@ def runtime(cfg: StudyConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, resolve_precision(cfg.engine.precision, device)
 
 
-def pretrain(cfg: StudyConfig, data: PretrainPool, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Pretrain the encoder on ``data.train.images``; save ``run_dir/encoder.safetensors``.
+def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Pretrain the encoder on ``data.images``; save ``run_dir/encoder.safetensors``.
 
     ``resume`` continues from ``run_dir/checkpoint.safetensors`` exactly (see ``medssl.engine.fit``).
     Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on).
@@ -53,7 +43,7 @@ def pretrain(cfg: StudyConfig, data: PretrainPool, run_dir: Path, resume: bool =
                           cfg.pretrain.method_args)
     device, precision = runtime(cfg)
     channels_last = resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2
-    batches = TensorBatches(data.train.images, None, cfg.pretrain.batch_size, cfg.seed, drop_last=True,
+    batches = TensorBatches(data.images, None, cfg.pretrain.batch_size, cfg.seed, drop_last=True,
                             device=device, channels_last=channels_last)
     result = fit(model, batches, cfg.pretrain, run_dir, device=device, precision=precision,
                  channels_last=channels_last, log_every=cfg.engine.log_every,
@@ -65,4 +55,4 @@ def pretrain(cfg: StudyConfig, data: PretrainPool, run_dir: Path, resume: bool =
     console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
                 f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
     return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,
-            "last_loss": result.last_loss, "pool": len(data.train.images)}
+            "last_loss": result.last_loss, "pool": len(data)}

@@ -21,9 +21,10 @@ import torch
 from rich.console import Console
 
 from medssl.config import StudyConfig
-from medssl.data.segmentation import PretrainData, SegmentationData, load_segmentation, resolve_root
+from medssl.data.segmentation import SegmentationData, load_segmentation, resolve_root
 from medssl.data.splits import assert_disjoint_groups, group_fraction, holdout_split, save_split
 from medssl.data.subsets import save_indices
+from medssl.data.types import PretrainData
 from medssl.engine import seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.instance_finetune import InstanceSegNet, load_pretrained_detector

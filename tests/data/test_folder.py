@@ -135,6 +135,8 @@ def test_dicom_classification_loader_splits_by_patient(tmp_path):
                                    "soft_tissue", folds=5, test_fold=0, seed=0)
     assert data.train.images.shape == (12, 1, 28, 28) and data.train.images.dtype.is_floating_point is False
     assert len(data.val) == len(data.test) == 4 and data.num_classes == 2
+    assert type(data).__name__ == "ClassificationData" and data.class_names == ("0", "1")
+    assert data.task == "binary-class" and data.name == tmp_path.name
     # every patient contributes one slice of each class, so each split is class-balanced
     for split in (data.train, data.val, data.test):
         assert int(split.labels.sum()) * 2 == len(split)

@@ -27,6 +27,7 @@ from medssl.data.medmnist import (
 )
 from medssl.data.medmnist_info import INFO
 from medssl.data.subsets import label_fraction_indices
+from medssl.data.types import ClassificationData, PretrainData
 from medssl.errors import MedsslError
 
 FLAGS_2D = [
@@ -223,6 +224,19 @@ def test_load_3d_adds_channel_axis(isolated):
     assert ds.spatial_dims == 3
     assert ds.val.images.shape == (3, 1, 28, 28, 28) and ds.val.images.dtype == torch.uint8
     assert np.array_equal(ds.val.images[:, 0].numpy(), raw)
+
+
+@pytest.mark.parametrize("flag, names, geometry", [
+    ("breastmnist", ("malignant", "normal, benign"), (2, 1)),
+    ("adrenalmnist3d", ("normal", "hyperplasia"), (3, 1)),
+])
+def test_declared_type_and_train_only_pool(isolated, flag, names, geometry):
+    """The loader returns the declared type; its pretraining pool is the train split only."""
+    ds = load_medmnist(flag, path=tiny_file(isolated["root"], flag), download=False)
+    assert type(ds) is ClassificationData and ds.name == flag and ds.class_names == names
+    pool = ds.pretrain_data()
+    assert type(pool) is PretrainData and pool.images is ds.train.images
+    assert (pool.spatial_dims, pool.in_channels, pool.size, len(pool)) == (*geometry, 28, COUNTS[0])
 
 
 def test_load_multi_label(isolated):

@@ -8,7 +8,7 @@ from torch import nn
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, batch_indices
-from medssl.engine import fit, seed_everything
+from medssl.engine import TrainStep, fit, seed_everything, unwrap
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
 from medssl.errors import MedsslError
@@ -160,3 +160,64 @@ def test_max_seconds_still_writes_the_checkpoint(tmp_path):
     seed_everything(0)
     run(tiny_simclr(), images(32), SPEC, tmp_path, max_seconds=0.0, checkpoint_every=100)
     assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["step"] == 1
+
+
+def tiny_byol():
+    net = create_backbone("resnet18_small", 2, 1, width=0.125)
+    return create_method("byol", net, 2, 16, {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32})
+
+
+class ScaledHead(nn.Module):
+    """A linear model whose ``param_groups`` freeze the bias through its learning-rate scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16 * 16, 1)
+
+    def param_groups(self):
+        return [{"params": [self.lin.weight], "lr_scale": 1.0}, {"params": [self.lin.bias], "lr_scale": 0.0}]
+
+    def training_step(self, batch):
+        return {"loss": self.lin(batch["image"].float().flatten(1) / 255).square().mean()}
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    """A one-process gloo group, as ``torchrun --nproc-per-node 1`` would start."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("make", [tiny_byol, ScaledHead])
+def test_wrapped_model_runs_the_hooks_and_matches_the_plain_one(tmp_path, gloo_group, make):
+    """DDP(TrainStep(m)) trains like m: after_step (BYOL's momentum target) and param_groups
+    (a zero learning-rate scale) act on the inner module, and the checkpoint has its plain keys."""
+    runs = []
+    for wrapped in (False, True):
+        seed_everything(0)
+        model = make()
+        target = [p.clone() for p in getattr(model, "target_backbone", model).parameters()]
+        runner = torch.nn.parallel.DistributedDataParallel(TrainStep(model)) if wrapped else model
+        assert unwrap(runner) is model
+        run(runner, images(16), SPEC, tmp_path / str(wrapped))
+        moved = [not torch.equal(a, b) for a, b in zip(target, getattr(model, "target_backbone", model)
+                                                       .parameters(), strict=True)]
+        runs.append((model.state_dict(), moved))
+        saved = load_weights(tmp_path / str(wrapped) / "checkpoint.safetensors")
+        assert saved.keys() == model.state_dict().keys()
+    (plain, moved_plain), (ddp, moved_ddp) = runs
+    assert moved_plain == moved_ddp
+    if make is tiny_byol:
+        assert all(moved_ddp)  # the EMA target followed the online network
+    else:
+        assert moved_ddp == [True, False]  # weight trained, bias held by lr_scale 0
+    for k in plain:
+        torch.testing.assert_close(ddp[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_unwrap_names_a_module_without_training_step():
+    with pytest.raises(TypeError, match="Linear has no training_step"):
+        unwrap(nn.Linear(2, 2))

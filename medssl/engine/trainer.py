@@ -4,6 +4,10 @@
 and calls ``model.training_step(batch) -> {"loss": tensor, **logs}`` under the device's autocast.
 Optional hooks on the model: ``param_groups()`` (per-group learning-rate scales) and
 ``after_step(step, total)`` (momentum/EMA updates).
+
+A wrapped model (``DistributedDataParallel(TrainStep(method))``, ``torch.compile``) is called as
+``model(batch)``, so the wrapper's forward hooks run (DDP's gradient reduction); the hooks and the
+checkpointed weights are those of the module inside (:func:`unwrap`).
 """
 
 from __future__ import annotations
@@ -72,16 +76,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class TrainStep(nn.Module):
+    """``forward(batch) = module.training_step(batch)``: what a DDP or compile wrapper wraps."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.module.training_step(batch)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module with ``training_step`` and the hooks, inside DDP/DataParallel/``TrainStep``/
+    ``torch.compile`` wrappers (each keeps the wrapped module as ``.module`` or ``._orig_mod``)."""
+    while not hasattr(model, "training_step"):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            raise TypeError(f"{type(model).__name__} has no training_step and wraps no module that has one")
+        model = inner
+    return model
+
+
 def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
     """AdamW or SGD over the model's parameter groups (``model.param_groups()`` if it has one: a
     list of ``{"params", "lr_scale"}`` covering every trainable parameter), each split into decay
     and no-decay parts: no weight decay on biases and norm parameters (1-D tensors), as in MAE/DINO."""
-    hook = getattr(model, "param_groups", None)
+    hook = getattr(unwrap(model), "param_groups", None)
     scaled = hook() if hook else [{"params": list(model.parameters()), "lr_scale": 1.0}]
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     covered = {id(p) for g in scaled for p in g["params"] if p.requires_grad}
     if covered != trainable:
-        raise ValueError(f"{type(model).__name__}.param_groups() must cover each trainable parameter once")
+        name = type(unwrap(model)).__name__
+        raise ValueError(f"{name}.param_groups() must cover each trainable parameter once")
     groups = []
     for g in scaled:
         params = [p for p in g["params"] if p.requires_grad]
@@ -123,12 +150,14 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     epochs = max(spec.epochs, math.ceil(min_steps / per_epoch))
     total = epochs * per_epoch
     lrs = cosine_schedule(spec.lr, total, round(spec.warmup_epochs * per_epoch))
+    inner = unwrap(model)  # hooks and checkpoints; ``model`` itself runs the steps
+    step_fn = inner.training_step if inner is model else model
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, spec)
     scaler = grad_scaler(device, precision)
-    state = _resume(model, optimizer, scaler, run_dir) if resume else {"step": 0, "elapsed": 0.0}
+    state = _resume(inner, optimizer, scaler, run_dir) if resume else {"step": 0, "elapsed": 0.0}
     step, elapsed = state["step"], state["elapsed"]
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +167,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     seen, loss_value, t0 = 0, state.get("loss", float("nan")), time.perf_counter()
 
     def save() -> None:
-        _save_checkpoint(model, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
+        _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
                          loss_value)
 
     out_of_time = False
@@ -150,7 +179,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                     for group in optimizer.param_groups:
                         group["lr"] = lrs[step] * group["lr_scale"]
                     with autocast(device, precision):
-                        out = model.training_step(batch)
+                        out = step_fn(batch)
                     loss = out["loss"]
                     if not torch.isfinite(loss):
                         raise MedsslError(f"{desc}: non-finite loss at step {step} (epoch {epoch}); "
@@ -159,16 +188,16 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                     where = f"{desc}: step {step} (epoch {epoch})"
                     if scaler is None:
                         loss.backward()
-                        grad_norm = check_gradients(model, where)
+                        grad_norm = check_gradients(inner, where)
                         optimizer.step()
                     else:  # fp16: inf/NaN gradients are the scaler's to skip, not an error
                         scaler.scale(loss).backward()
                         scaler.unscale_(optimizer)
-                        grad_norm = gradient_norm(model)
+                        grad_norm = gradient_norm(inner)
                         scaler.step(optimizer)
                         scaler.update()
-                    if hasattr(model, "after_step"):  # momentum/EMA updates, per method
-                        model.after_step(step, total)
+                    if hasattr(inner, "after_step"):  # momentum/EMA updates, per method
+                        inner.after_step(step, total)
                     n = len(batch["image"])
                     step, seen, loss_value = step + 1, seen + n, loss.item()
                     ips = seen / (time.perf_counter() - t0)

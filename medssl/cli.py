@@ -133,7 +133,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in ("checkpoint.safetensors", "state.pt"))
+    return (run_dir / "checkpoint.safetensors").exists()
 
 
 def _cmd_report(args: argparse.Namespace) -> None:

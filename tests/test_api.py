@@ -53,7 +53,7 @@ def run2d(tmp_path_factory) -> tuple[Path, torch.Tensor, medssl.Encoder]:
     return out, x, medssl.pretrain(x, batch_size=8, out=out, **TINY)
 
 
-def test_pretrain_on_a_2d_tensor_then_load_from_the_run_dir_and_the_file(run2d):
+def test_pretrain_on_a_2d_tensor_then_load_from_the_run_dir_and_the_file(run2d, tmp_path):
     run, x, enc = run2d
     for f in ("encoder.safetensors", "config.yaml", "log.jsonl"):
         assert (run / f).is_file(), f
@@ -65,6 +65,9 @@ def test_pretrain_on_a_2d_tensor_then_load_from_the_run_dir_and_the_file(run2d):
         feats = from_dir(xb)
         assert feats.shape == (4, from_dir.num_features) == (4, 64)
         assert torch.equal(feats, from_file(xb)) and torch.equal(feats, enc(xb))
+    alone = tmp_path / "copied.safetensors"  # the pretraining file carries its config
+    alone.write_bytes((run / "encoder.safetensors").read_bytes())
+    assert medssl.load_encoder(alone).config == enc.config
     with pytest.raises(MedsslError, match="run directory exists"):
         medssl.pretrain(x, batch_size=8, out=run, **TINY)
 

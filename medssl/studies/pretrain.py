@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
                  desc=f"pretrain {cfg.pretrain.method}", resume=resume,
                  checkpoint_every=cfg.engine.checkpoint_every,
                  checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds)
-    save_weights(backbone, run_dir / "encoder.safetensors",
-                 {"method": cfg.pretrain.method, "backbone": cfg.model.backbone})
+    config = {"backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims,
+              "in_channels": data.in_channels, "size": data.size, "method": cfg.pretrain.method}
+    # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it
+    meta = {"method": cfg.pretrain.method, "backbone": cfg.model.backbone, "config": json.dumps(config)}
+    save_weights(backbone, run_dir / "encoder.safetensors", meta)
     console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
                 f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
     return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,

@@ -10,7 +10,7 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 
 venv: $(VENV)/bin/activate
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 
 demo: venv
 	$(VENV)/bin/medssl study configs/demo.yaml --overwrite

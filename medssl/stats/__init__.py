@@ -1,0 +1,1 @@
+"""Statistics for the study report: metrics and uncertainty intervals (numpy/scipy only)."""

@@ -1,1 +1,1 @@
-"""Statistics for the study report: metrics and uncertainty intervals (numpy/scipy only)."""
+"""Statistics for the study report: metrics and uncertainty intervals (numpy, scipy, sklearn; no torch)."""

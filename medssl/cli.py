@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. data.path=... (repeatable)")
 
+    p = sub.add_parser("export", help="encoder.safetensors + encoder.json + a checked encoder.onnx")
+    p.add_argument("encoder", help="a pretrain or study run directory, or its encoder.safetensors")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-onnx", action="store_true", help="skip encoder.onnx (no onnx packages needed)")
+
+    p = sub.add_parser("embed", help="features of every image as .npy (+ .json of what each row is)")
+    p.add_argument("encoder", help="a pretrain or study run directory, or its encoder.safetensors")
+    p.add_argument("data", help="a MedMNIST flag or .npz, a folder of images/NIfTI volumes, or a label CSV")
+    p.add_argument("--out", required=True, help="features file FILE.npy (rows described in FILE.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward (default 256)")
+
     sub.add_parser("models", help="registered backbones")
     sub.add_parser("methods", help="registered pretext methods and their options")
     return parser
@@ -169,6 +181,20 @@ def _cmd_show_distortions(args: argparse.Namespace) -> None:
     console.print(f"distortion figure: {out}")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from medssl.export import export_encoder
+
+    for kind, path in export_encoder(args.encoder, Path(args.out), onnx=not args.no_onnx).items():
+        console.print(f"{kind}: {path}")
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    from medssl.export import embed
+
+    out = embed(args.encoder, args.data, Path(args.out), batch_size=args.batch_size, device=args.device)
+    console.print(f"features: {out} (rows: {out.with_suffix('.json')})")
+
+
 def _cmd_models(args: argparse.Namespace) -> None:
     from medssl.registry import backbone_names
 
@@ -185,7 +211,8 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 COMMANDS = {"study": _cmd_study, "pretrain": _cmd_pretrain, "report": _cmd_report,
             "data": _cmd_data, "models": _cmd_models, "methods": _cmd_methods,
-            "show-corruptions": _cmd_show_corruptions, "show-distortions": _cmd_show_distortions}
+            "show-corruptions": _cmd_show_corruptions, "show-distortions": _cmd_show_distortions,
+            "export": _cmd_export, "embed": _cmd_embed}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,40 +108,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_study(args: argparse.Namespace) -> None:
     from medssl.config import load_config
+    from medssl.engine.dist import init_from_env, is_main
     from medssl.studies import run_study
 
     cfg = load_config(args.config, args.set)
+    init_from_env(cfg.engine.device)  # torchrun: one process per GPU (or CPU share)
     check_writable_dir(Path(cfg.output_dir), "output_dir")
     run_dir = run_study(cfg, overwrite=args.overwrite, resume=args.resume)
-    console.print(f"report: {run_dir / 'report.md'}")
+    if is_main():
+        console.print(f"report: {run_dir / 'report.md'}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from medssl.config import load_config, save_config
+    from medssl.engine.dist import init_from_env, is_main, on_main
     from medssl.studies import check_study, pretrain, task_for
 
     overrides = list(args.set)
     overrides += [f"pretrain.method={args.method.replace('-', '_')}"] if args.method else []
     overrides += [f"data.dataset={args.dataset}"] if args.dataset else []
     cfg = load_config(args.config, overrides)
+    init_from_env(cfg.engine.device)  # torchrun: one process per GPU (or CPU share)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-pretrain"
-    if out.exists() and not out.is_dir():
-        raise MedsslError(f"{out}: is a file, not a run directory; choose another --out")
-    if out.exists() and not args.resume:
-        raise MedsslError(f"{out}: run directory exists; pass --resume or choose --out")
-    check_writable_dir(out, "--out")
+
+    def check_out() -> None:
+        if out.exists() and not out.is_dir():
+            raise MedsslError(f"{out}: is a file, not a run directory; choose another --out")
+        if out.exists() and not args.resume:
+            raise MedsslError(f"{out}: run directory exists; pass --resume or choose --out")
+        check_writable_dir(out, "--out")
+
+    on_main(check_out)
     pool = task_for(cfg).pretrain_pool(cfg, check_study(cfg), None)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    on_main(lambda: (out.mkdir(parents=True, exist_ok=True), save_config(cfg, out / "config.yaml")))
     try:
         pretrain(cfg, pool, out, resume=args.resume)
     except KeyboardInterrupt:
         raise
     except Exception:
-        if not _has_checkpoint(out):  # nothing to resume from: leave nothing behind
+        if is_main() and not _has_checkpoint(out):  # nothing to resume from: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
-    console.print(f"encoder: {out / 'encoder.safetensors'}")
+    if is_main():
+        console.print(f"encoder: {out / 'encoder.safetensors'}")
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -232,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medssl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "medssl.engine.dist" in sys.modules:  # torch is imported only by commands that need it
+            sys.modules["medssl.engine.dist"].shutdown()
     return 0
 
 

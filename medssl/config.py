@@ -124,6 +124,10 @@ class EngineConfig:
     checkpoint_every: Annotated[int, AT_LEAST_1] = 10
     # also a checkpoint every this many steps, mid-epoch (0: epochs only)
     checkpoint_steps: Annotated[int, AT_LEAST_0] = 0
+    # pretraining: micro-batches per optimizer step (gradient accumulation; batch_size stays the step's
+    # global batch, each micro-batch is batch_size / (accumulate x processes))
+    accumulate: Annotated[int, AT_LEAST_1] = 1
+    sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Batch sources for the engine (its contract is ``medssl.engine.trainer.Batches``).
 
-``TensorBatches`` serves in-memory uint8 data (MedMNIST, volumes padded to one shape); a streaming
-source implements the same few members.
+``TensorBatches`` serves uint8 data indexed like a tensor: in memory (MedMNIST, volumes padded to
+one shape) or a memory-mapped on-disk cache (``medssl.data.cache``). Under ``torchrun`` every rank
+takes its share of each global batch: the same seeded permutation on all ranks, batch ``i`` split
+into ``world`` equal parts, part ``rank`` here.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+
+from medssl.errors import MedsslError
+from medssl.losses.distributed import rank as current_rank
+from medssl.losses.distributed import world_size as current_world
 
 
 def batch_indices(n: int, batch_size: int, seed: int, drop_last: bool) -> list[torch.Tensor]:
@@ -33,23 +39,36 @@ class TensorBatches:
 
     Each batch is sliced on the CPU, moved to ``device`` as uint8 (4x fewer bytes than float; pinned
     and non-blocking on CUDA) and only then converted to float in [0, 1]. The order of epoch ``e``
-    is a permutation seeded by ``seed * 100_003 + e``.
+    is a permutation seeded by ``seed * 100_003 + e``. ``batch_size`` is the global batch;
+    ``rank``/``world`` (default: the running process group) pick this process's share; a trailing
+    partial batch that cannot give every rank 2 samples is dropped on all ranks (BatchNorm).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, seed: int,
                  drop_last: bool = True, device: torch.device | str = "cpu",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, rank: int | None = None, world: int | None = None) -> None:
         self.images, self.labels, self.num_items = images, labels, len(images)
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
         self.device = torch.device(device)
         self.channels_last = channels_last and images.dim() == 4  # a 2D-only memory format
+        self.rank = current_rank() if rank is None else rank
+        self.world = current_world() if world is None else world
+        if batch_size % self.world:
+            raise MedsslError(f"batch size {batch_size} is not a multiple of the {self.world} processes")
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.images), self.batch_size, self.drop_last)
+        if self.world == 1:
+            return steps_per_epoch(len(self.images), self.batch_size, self.drop_last)
+        return len(self._batches(0))
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        out = batch_indices(len(self.images), self.batch_size, self.seed * 100_003 + epoch, self.drop_last)
+        if self.world > 1:  # each rank needs >= 2 samples of a trailing partial batch (BatchNorm)
+            out = [idx.tensor_split(self.world)[self.rank] for idx in out if len(idx) >= 2 * self.world]
+        return out
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        for idx in batch_indices(len(self.images), self.batch_size, self.seed * 100_003 + epoch,
-                                 self.drop_last)[start:]:
+        for idx in self._batches(epoch)[start:]:
             yield self.batch(idx)
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@ Optional hooks on the model: ``param_groups()`` (per-group learning-rate scales)
 
 A wrapped model (``DistributedDataParallel(TrainStep(method))``, ``torch.compile``) is called as
 ``model(batch)``, so the wrapper's forward hooks run (DDP's gradient reduction); the hooks and the
-checkpointed weights are those of the module inside (:func:`unwrap`).
+checkpointed weights are those of the module inside (:func:`unwrap`). Under ``torchrun`` ``fit``
+wraps a plain model in DDP itself; rank 0 alone logs and checkpoints (``medssl.engine.dist``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,9 +30,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from medssl.engine.dist import barrier, is_distributed, is_main, rank, sync_batchnorm, world_size, wrap_ddp
 from medssl.engine.precision import autocast, grad_scaler
 from medssl.engine.schedules import cosine_schedule
 from medssl.errors import MedsslError
+from medssl.losses.distributed import all_reduce_mean
 
 console = Console(stderr=True)
 
@@ -129,7 +132,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         channels_last: bool = False, min_steps: int = 0, log_every: int = 10, desc: str = "train",
         checkpoint: bool = True, checkpoint_every: int = 10, checkpoint_steps: int = 0,
         resume: bool = False, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
-        max_seconds: float | None = None) -> FitResult:
+        max_seconds: float | None = None, accumulate: int = 1, sync_bn: bool = False) -> FitResult:
     """Train ``model`` on ``data`` (batches on ``device``) for ``spec.epochs`` epochs (at least
     ``min_steps`` steps) under ``precision`` autocast (None: fp32; fp16 adds a gradient scaler).
 
@@ -142,6 +145,10 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     ``max_seconds`` stops training after the first step that ends past this wall-clock budget,
     counted over resumes (the epoch is closed as usual: callback, and a checkpoint as after the
     last epoch), for same-budget benchmarks.
+    ``accumulate`` splits every batch into that many micro-batches, backpropagated one after the
+    other (DDP synchronises the last only) before one optimizer step: the same step with less
+    memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
+    under DDP (CUDA). Under ``torchrun`` the batches are this rank's share (``TensorBatches``).
     """
     device = torch.device(device)
     per_epoch = len(data)
@@ -150,14 +157,28 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     epochs = max(spec.epochs, math.ceil(min_steps / per_epoch))
     total = epochs * per_epoch
     lrs = cosine_schedule(spec.lr, total, round(spec.warmup_epochs * per_epoch))
+    if accumulate < 1 or data.batch_size % (accumulate * world_size()):
+        raise MedsslError(f"{desc}: batch size {data.batch_size} is not a multiple of engine.accumulate "
+                          f"({accumulate}) x processes ({world_size()})")
     inner = unwrap(model)  # hooks and checkpoints; ``model`` itself runs the steps
-    step_fn = inner.training_step if inner is model else model
+    if sync_bn:
+        inner = sync_batchnorm(inner, device)
+    model = inner if model is unwrap(model) else model
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if inner is model and is_distributed():
+        model = wrap_ddp(TrainStep(inner), device)
+    step_fn = inner.training_step if inner is model else model
+    main = is_main()
+    run_dir = run_dir if main else None  # rank 0 writes; the others train
     optimizer = make_optimizer(model, spec)
     scaler = grad_scaler(device, precision)
     state = _resume(inner, optimizer, scaler, run_dir) if resume else {"step": 0, "elapsed": 0.0}
+    if is_distributed() and resume:  # rank 0 read the checkpoint: every rank takes it
+        state = _broadcast_state(inner, optimizer, state)
+    if is_distributed():
+        _seed_per_rank()
     step, elapsed = state["step"], state["elapsed"]
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,48 +188,43 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     seen, loss_value, t0 = 0, state.get("loss", float("nan")), time.perf_counter()
 
     def save() -> None:
-        _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
-                         loss_value)
+        if run_dir:
+            _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
+                             loss_value)
 
     out_of_time = False
     model.train()
     try:
-        with _progress(desc, total, step) as (progress, task):
+        with _progress(desc, total, step, main) as (progress, task):
             for epoch in range(step // per_epoch, epochs):
                 for batch in data.epoch(epoch, start=step - epoch * per_epoch):  # resumed mid-epoch
                     for group in optimizer.param_groups:
                         group["lr"] = lrs[step] * group["lr_scale"]
-                    with autocast(device, precision):
-                        out = step_fn(batch)
-                    loss = out["loss"]
-                    if not torch.isfinite(loss):
-                        raise MedsslError(f"{desc}: non-finite loss at step {step} (epoch {epoch}); "
-                                          "lower the learning rate or use engine.precision=fp32")
-                    optimizer.zero_grad(set_to_none=True)
                     where = f"{desc}: step {step} (epoch {epoch})"
+                    optimizer.zero_grad(set_to_none=True)
+                    out, loss = _backward(model, step_fn, batch, accumulate, device, precision, scaler, where)
                     if scaler is None:
-                        loss.backward()
                         grad_norm = check_gradients(inner, where)
                         optimizer.step()
                     else:  # fp16: inf/NaN gradients are the scaler's to skip, not an error
-                        scaler.scale(loss).backward()
                         scaler.unscale_(optimizer)
                         grad_norm = gradient_norm(inner)
                         scaler.step(optimizer)
                         scaler.update()
                     if hasattr(inner, "after_step"):  # momentum/EMA updates, per method
                         inner.after_step(step, total)
-                    n = len(batch["image"])
-                    step, seen, loss_value = step + 1, seen + n, loss.item()
+                    n = len(batch["image"]) * world_size()
+                    step, seen, loss_value = step + 1, seen + n, loss
                     ips = seen / (time.perf_counter() - t0)
                     progress.update(task, advance=1, ips=ips, loss=loss_value)
-                    if log and (step % log_every == 0 or step == total):
-                        row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
-                               "img_per_s": round(ips, 1), "grad_norm": grad_norm}
-                        row.update({k: float(v.detach()) for k, v in out.items()})
-                        log.write(json.dumps(row) + "\n")
-                    out_of_time = (max_seconds is not None
-                                   and elapsed + time.perf_counter() - t0 >= max_seconds)
+                    if step % log_every == 0 or step == total:  # every rank: the means are collective
+                        logs = {k: float(all_reduce_mean(v.detach().float())) for k, v in out.items()}
+                        if log:
+                            row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
+                                   "img_per_s": round(ips, 1), "grad_norm": grad_norm, **logs}
+                            log.write(json.dumps(row) + "\n")
+                    out_of_time = max_seconds is not None and _any_rank(
+                        elapsed + time.perf_counter() - t0 >= max_seconds)
                     if out_of_time:
                         break
                     if (run_dir and checkpoint and checkpoint_steps and step % checkpoint_steps == 0
@@ -227,8 +243,66 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     finally:
         if log:
             log.close()
+    if is_distributed():  # BatchNorm statistics drift per rank: every rank keeps rank 0's (the saved ones)
+        _broadcast_tensors(inner)
+    barrier()  # rank 0's files are complete when fit returns on any rank
     seconds = time.perf_counter() - t0
     return FitResult(step, seconds, seen / max(seconds, 1e-9), loss_value)
+
+
+def _backward(model: nn.Module, step_fn: Callable, batch: dict[str, torch.Tensor], parts: int,
+              device: torch.device, precision: torch.dtype | None, scaler: torch.amp.GradScaler | None,
+              where: str) -> tuple[dict[str, torch.Tensor], float]:
+    """Forward and backward of one batch in ``parts`` micro-batches; (last outputs, mean loss)."""
+    chunks = zip(*(v.chunk(parts) for v in batch.values()), strict=True)
+    micro = [dict(zip(batch, values, strict=True)) for values in chunks] if parts > 1 else [batch]
+    total = 0.0
+    for i, part in enumerate(micro):
+        sync = i == len(micro) - 1 or not hasattr(model, "no_sync")  # DDP reduces on the last only
+        with nullcontext() if sync else model.no_sync():
+            with autocast(device, precision):
+                out = step_fn(part)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise MedsslError(f"{where}: non-finite loss; lower the learning rate or use "
+                                  "engine.precision=fp32")
+            (scaler.scale(loss / parts) if scaler is not None else loss / parts).backward()
+        total += loss.item() / parts
+    return out, total
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on one (all ranks stop at the same step)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _seed_per_rank() -> None:
+    """Different augmentation streams per rank, from the (identical) stream every rank has now."""
+    base = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    torch.manual_seed(base + rank())
+    np.random.seed((base + rank()) % 2**32)
+    random.seed(base + rank())
+
+
+def _broadcast_tensors(model: nn.Module) -> None:
+    for t in model.state_dict().values():
+        if isinstance(t, torch.Tensor):
+            torch.distributed.broadcast(t, src=0)
+
+
+def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                     state: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0's resumed weights, optimizer state and step on every rank."""
+    box = [state if is_main() else None, optimizer.state_dict() if is_main() else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    _broadcast_tensors(model)
+    if not is_main():
+        optimizer.load_state_dict(box[1])
+    return box[0]
 
 
 def gradient_norm(model: nn.Module) -> float:
@@ -250,12 +324,12 @@ def check_gradients(model: nn.Module, where: str) -> float:
 
 
 @contextmanager
-def _progress(desc: str, total: int, completed: int):
+def _progress(desc: str, total: int, completed: int, enabled: bool = True):
     """A rich progress bar with images/s and loss, removed when done."""
     columns = (TextColumn(f"[bold]{desc}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[ips]:.0f} img/s  loss {task.fields[loss]:.4f}"),
                TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not enabled) as progress:
         yield progress, progress.add_task(desc, total=total, completed=completed, ips=0.0,
                                           loss=float("nan"))
 

@@ -37,4 +37,4 @@ class SimCLR(nn.Module):
         views = two_views(self.augment, x)  # [2B, C, *S]
         z = self.projector(self.backbone(views))
         z1, z2 = z.chunk(2)
-        return {"loss": nt_xent(z1, z2, self.cfg.temperature)}
+        return {"loss": nt_xent(z1, z2, self.cfg.temperature, gather=True)}

@@ -1,7 +1,7 @@
 """U-Net-style encoder-decoder around any registered CNN backbone, 2D or 3D.
 
 Ronneberger et al., "U-Net", MICCAI 2015. The encoder is the registered backbone itself (so an
-SSL-pretrained encoder loads into it unchanged, under the ``backbone.`` prefix); the decoder is
+SSL-pretrained encoder loads into it unchanged, under the ``backbone.`` prefix); the decoder
 upsamples by interpolation to each skip's exact size (odd sizes such as 7 -> 4 -> 7 round-trip),
 concatenates the skip and applies MONAI's ``TwoConv`` block.
 """

@@ -23,10 +23,11 @@ from rich.console import Console
 from medssl.config import StudyConfig
 from medssl.data.types import PretrainData
 from medssl.engine.checkpoint import load_weights
+from medssl.engine.dist import barrier, is_main, local_only, on_main, rank, world_size
 from medssl.errors import MedsslError
 from medssl.methods import method_config
 from medssl.studies.pretrain import pretrain, runtime
-from medssl.studies.rundir import append_row, finish_run, run_cell, start_run
+from medssl.studies.rundir import append_row, finish_run, finished_rows, run_cell, start_run
 
 console = Console(stderr=True)
 
@@ -95,27 +96,36 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
     """Run the whole study for ``task``; return the finished run directory. ``resume`` continues a
     killed one: finished cells are kept, the killed cell is redone, a killed pretraining continues."""
     data = check_grid(cfg, task)
-    work, final = start_run(cfg, overwrite, resume)
+    work, final = on_main(lambda: start_run(cfg, overwrite, resume))
     t0 = time.perf_counter()
     info = task.info(cfg, data)
     results = work / "results.jsonl"
-    folds = task.folds(cfg, data, work)
+    folds = on_main(lambda: task.folds(cfg, data, work))
     pretrained = None
-    if "ssl" in cfg.finetune.inits:
+    if "ssl" in cfg.finetune.inits:  # on every rank: pretraining is data-parallel
         pretrained = _pretrained(cfg, task, data, folds, work, results, info, resume)
-    for fold, split in folds.items():
-        for seed in cfg.finetune.seeds:
-            for fraction in cfg.finetune.fractions:
-                for init in cfg.finetune.inits:
-                    cell = Cell(fold, seed, fraction, init)
-                    cell_dir = work / task.cell_dir(cell)
-                    rows = run_cell(cell_dir, partial(task.run_cell, cfg, data, split, cell,
-                                                      pretrained if init == "ssl" else None, cell_dir))
-                    for row in rows:
-                        append_row(results, {**info, **row})
-                    console.log(task.describe(cell, rows))
+    cells = [(Cell(fold, seed, fraction, init), split) for fold, split in folds.items()
+             for seed in cfg.finetune.seeds for fraction in cfg.finetune.fractions
+             for init in cfg.finetune.inits]
+    for i, (cell, split) in enumerate(cells):
+        if i % world_size() != rank():
+            continue  # under torchrun, cells are spread over the ranks, each trained by one process
+        cell_dir = work / task.cell_dir(cell)
+        with local_only():
+            rows = run_cell(cell_dir, partial(task.run_cell, cfg, data, split, cell,
+                                              pretrained if cell.init == "ssl" else None, cell_dir))
+        console.log(task.describe(cell, rows))
+    barrier()
+    if not is_main():
+        barrier()  # rank 0 writes the results and the report
+        return final
+    for cell, _ in cells:  # every cell has its rows.json now (output_dir is shared by all ranks)
+        for row in finished_rows(work / task.cell_dir(cell)):
+            append_row(results, {**info, **row})
     append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
-    return finish_run(work, final)
+    final = finish_run(work, final)
+    barrier()
+    return final
 
 
 def _pretrained(cfg: StudyConfig, task: Task, data: Any, folds: dict[int, Any], work: Path, results: Path,
@@ -130,6 +140,7 @@ def _pretrained(cfg: StudyConfig, task: Task, data: Any, folds: dict[int, Any], 
         [stats] = run_cell(run_dir, lambda: [pretrain(cfg, pool, run_dir, resume)],
                            clear=False)  # a killed pretraining continues from its checkpoint
         encoder_path, full_path = run_dir / "encoder.safetensors", run_dir / "checkpoint.safetensors"
-    append_row(results, {"protocol": "pretrain", **info, **stats})
+    if is_main():
+        append_row(results, {"protocol": "pretrain", **info, **stats})
     return Pretrained(load_weights(encoder_path),
                       load_weights(full_path) if task.needs_checkpoint(cfg) else None)

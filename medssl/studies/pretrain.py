@@ -14,6 +14,7 @@ from medssl.data.loaders import TensorBatches
 from medssl.data.types import PretrainData
 from medssl.engine import fit, resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from medssl.engine.checkpoint import save_weights
+from medssl.engine.dist import barrier, is_main
 from medssl.methods import create_method
 from medssl.registry import create_backbone
 
@@ -50,13 +51,16 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
                  channels_last=channels_last, log_every=cfg.engine.log_every,
                  desc=f"pretrain {cfg.pretrain.method}", resume=resume,
                  checkpoint_every=cfg.engine.checkpoint_every,
-                 checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds)
+                 checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds,
+                 accumulate=cfg.engine.accumulate, sync_bn=cfg.engine.sync_batchnorm)
     config = {"backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims,
               "in_channels": data.in_channels, "size": data.size, "method": cfg.pretrain.method}
     # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it
     meta = {"method": cfg.pretrain.method, "backbone": cfg.model.backbone, "config": json.dumps(config)}
-    save_weights(backbone, run_dir / "encoder.safetensors", meta)
-    console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
-                f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
+    if is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        save_weights(backbone, run_dir / "encoder.safetensors", meta)
+        console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
+                    f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
+    barrier()
     return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,
             "last_loss": result.last_loss, "pool": len(data)}

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from medssl.config import StudyConfig, save_config, to_dict
+from medssl.engine.dist import is_main
 from medssl.errors import MedsslError
 from medssl.io import atomic_write
 from medssl.report.report import write_report
@@ -61,8 +62,18 @@ def run_cell(cell_dir: Path, compute: Callable[[], list[dict[str, Any]]],
     if clear:
         shutil.rmtree(cell_dir, ignore_errors=True)
     rows = compute()
-    atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(rows)))
+    if is_main():  # under torchrun: the rank that owns the cell (``local_only``), or rank 0
+        atomic_write(done, lambda tmp: Path(tmp).write_text(json.dumps(rows)))
     return rows
+
+
+def finished_rows(cell_dir: Path) -> list[dict[str, Any]]:
+    """The rows a finished cell saved (another rank may have run it: ``output_dir`` must be shared)."""
+    done = cell_dir / "rows.json"
+    if not done.is_file():
+        raise MedsslError(f"{done}: missing after every rank finished; under torchrun on several nodes, "
+                          "output_dir must be on a file system that every node shares")
+    return json.loads(done.read_text())
 
 
 def finish_run(work: Path, final: Path) -> Path:

@@ -1,0 +1,101 @@
+"""Process bodies for ``tests/test_distributed.py``: run under ``torch.multiprocessing.spawn`` with a
+gloo group of ``world`` processes on a file store, as ``torchrun`` would start them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medssl.config import PretrainConfig
+from medssl.data.loaders import TensorBatches
+from medssl.engine import fit, seed_everything
+from medssl.losses import nt_xent
+from medssl.losses.barlow_twins import barlow_twins_loss
+from medssl.losses.moco import moco_v3_loss
+from medssl.losses.vicreg import vicreg_loss
+
+sys.path.insert(0, str(Path(__file__).parent / "methods"))
+from joint_fixtures import JOINT_EMBEDDING, tiny_method
+
+LOSSES = {
+    "nt_xent": lambda z1, z2, g: nt_xent(z1, z2, 0.5, gather=g),
+    "barlow_twins": lambda z1, z2, g: barlow_twins_loss(z1, z2, 0.01, gather=g),
+    "vicreg": lambda z1, z2, g: vicreg_loss(z1, z2, gather=g)["loss"],
+    "moco_v3": lambda z1, z2, g: moco_v3_loss(z1, z2.detach(), 0.5, gather=g),
+}
+
+
+def start(rank: int, world: int, store: Path) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+
+
+def pair(n: int = 8) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A linear encoder and two 'views' of n samples, identical in every process."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 6)
+    x = torch.randn(n, 8)
+    return lin, x, 0.8 * x + 0.3 * torch.randn(n, 8)
+
+
+def losses(rank: int, world: int, store: Path, out: Path) -> None:
+    """Each rank takes its slice of the batch; DDP averages the gradients of the gathered loss."""
+    start(rank, world, store)
+    grads = {}
+    for name in LOSSES:
+        lin, x1, x2 = pair()
+        ddp = nn.parallel.DistributedDataParallel(lin)
+        part = slice(rank * len(x1) // world, (rank + 1) * len(x1) // world)
+        LOSSES[name](ddp(x1[part]), ddp(x2[part]), True).backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in lin.parameters()]).tolist()
+    (out / f"grads{rank}.json").write_text(json.dumps(grads))
+    dist.destroy_process_group()
+
+
+class LinearContrast(nn.Module):
+    """A deterministic pretext model (no augmentation, no BatchNorm): a linear encoder of 8 x 8
+    images, SimCLR's loss between an image and its mirror image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 6)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["image"].flatten(1)
+        return {"loss": nt_xent(self.lin(x), self.lin(batch["image"].flip(-1).flatten(1)), 0.5, gather=True)}
+
+
+def images(n: int, side: int, dims: int = 2) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, *[side] * dims), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(5))
+
+
+BUILDERS = {
+    "linear": lambda: (LinearContrast(), images(24, 8)),
+    **{name: (lambda name=name: (tiny_method(name, 2), images(16, 16))) for name in JOINT_EMBEDDING},
+    "simclr_3d": lambda: (tiny_method("simclr", 3), images(16, 16, 3)),
+}
+
+
+def run(name: str, out: Path, accumulate: int = 1) -> nn.Module:
+    """Two epochs of ``fit`` (global batch 8) of ``BUILDERS[name]`` in this process (group or not)."""
+    seed_everything(0)
+    model, x = BUILDERS[name]()
+    spec = PretrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0)
+    fit(model, TensorBatches(x, None, 8, seed=3), spec, out, log_every=1, accumulate=accumulate)
+    return model
+
+
+def train(rank: int, world: int, store: Path, out: Path, names: list[str]) -> None:
+    """``run`` each model under the group; save every state tensor per rank."""
+    start(rank, world, store)
+    for name in names:
+        model = run(name, out / name)
+        state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        torch.save(state, out / f"{name}_{rank}.pt")
+    dist.destroy_process_group()

@@ -70,6 +70,17 @@ class LinearContrast(nn.Module):
         return {"loss": nt_xent(self.lin(x), self.lin(batch["image"].flip(-1).flatten(1)), 0.5, gather=True)}
 
 
+class LinearSquares(nn.Module):
+    """A loss that is a mean of per-sample terms: micro-batches must add up to the whole batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 3)
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"loss": (self.lin(batch["image"].flatten(1)) - 1).square().mean()}
+
+
 def images(n: int, side: int, dims: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (n, 1, *[side] * dims), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(5))
@@ -77,6 +88,7 @@ def images(n: int, side: int, dims: int = 2) -> torch.Tensor:
 
 BUILDERS = {
     "linear": lambda: (LinearContrast(), images(24, 8)),
+    "squares": lambda: (LinearSquares(), images(24, 8)),
     **{name: (lambda name=name: (tiny_method(name, 2), images(16, 16))) for name in JOINT_EMBEDDING},
     "simclr_3d": lambda: (tiny_method("simclr", 3), images(16, 16, 3)),
 }

@@ -5,6 +5,10 @@ encoders, queues, DINO's center) identical on both ranks after training."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +16,11 @@ import torch.multiprocessing as mp
 from dist_workers import BUILDERS, LOSSES, losses, pair, run, train
 
 from medssl.data.loaders import TensorBatches
+from medssl.errors import MedsslError
 from medssl.losses.distributed import all_reduce_mean, gather, is_distributed, rank, world_size
 
 WORLD = 2
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_single_process_is_the_identity():
@@ -54,20 +60,46 @@ def test_two_processes_train_like_one_on_the_global_batch(trained, tmp_path):
             torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6, msg=f"{k} rank {r}")
 
 
-def test_gradient_accumulation_takes_the_same_step_without_batchnorm(tmp_path):
-    """accumulate=2 (micro-batches of 4, one optimizer step) equals the whole batch for a loss that
-    is a mean over micro-batches of independent terms... SimCLR's is not: only the step count and
-    the schedule must match, and the weights move."""
-    whole = run("linear", tmp_path / "a").state_dict()
-    micro = run("linear", tmp_path / "b", accumulate=2).state_dict()
+def test_gradient_accumulation_takes_the_same_step(tmp_path):
+    """accumulate=2 (two micro-batches of 4, one optimizer step) equals the batch of 8 for a loss
+    that is a mean of per-sample terms, step for step and learning rate for learning rate."""
+    whole = run("squares", tmp_path / "a").state_dict()
+    micro = run("squares", tmp_path / "b", accumulate=2).state_dict()
     logs = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
             for d in ("a", "b")]
-    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]]
-    assert [r["lr"] for r in logs[0]] == [r["lr"] for r in logs[1]]
-    assert not torch.equal(whole["lin.weight"], micro["lin.weight"])
+    assert [(r["step"], r["lr"]) for r in logs[0]] == [(r["step"], r["lr"]) for r in logs[1]]
+    for k in whole:
+        torch.testing.assert_close(micro[k], whole[k], rtol=1e-5, atol=1e-6, msg=k)
+    with pytest.raises(MedsslError, match=r"not a multiple of engine\.accumulate"):
+        run("squares", tmp_path / "c", accumulate=3)
 
 
-@pytest.mark.parametrize("name", [n for n in BUILDERS if n != "linear"])
+def test_torchrun_study_spreads_cells_and_rank_zero_writes_the_results(tmp_path, data_dir):
+    """``torchrun --nproc-per-node 2 -m medssl study``: pretraining on both ranks, cells spread over
+    them; the scratch cells (no pretraining involved) equal a one-process study's, bit for bit."""
+    sets = ["model.width=0.125", "pretrain.epochs=1", "pretrain.batch_size=64", "finetune.epochs=1",
+            "finetune.min_steps=0", "finetune.fractions=[0.1]", "finetune.seeds=[0, 1]",
+            "engine.precision=fp32", f"output_dir={tmp_path}"]
+    runs = {}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone",
+                                                 "--nproc-per-node", "2"])):
+        args = [sys.executable, *launcher, "-m", "medssl", "study", "configs/demo.yaml",
+                *[x for s in [*sets, f"name={name}"] for x in ("--set", s)]]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSSL_DATA_DIR": str(data_dir)}
+        done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = [json.loads(x) for x in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+    one, two = runs["one"], runs["two"]
+    assert [(r["protocol"], r.get("init"), r.get("seed")) for r in two] == \
+        [(r["protocol"], r.get("init"), r.get("seed")) for r in one]  # every row once, in grid order
+    assert (tmp_path / "two" / "report.md").is_file() and not (tmp_path / "two.incomplete").exists()
+    timed = {"seconds", "img_per_s", "test_seconds", "name"}
+    scratch = [[{k: v for k, v in r.items() if k not in timed} for r in rows if r.get("init") == "scratch"]
+               for rows in (one, two)]
+    assert scratch[0] == scratch[1] and len(scratch[0]) == 6
+
+
+@pytest.mark.parametrize("name", [n for n in BUILDERS if n not in ("linear", "squares")])
 def test_every_method_stays_identical_across_ranks(trained, name):
     """Weights, momentum encoders, MoCo's queue and DINO's center are the same on both ranks."""
     states = [torch.load(trained / f"{name}_{r}.pt", weights_only=True) for r in range(WORLD)]

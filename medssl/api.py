@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
@@ -33,15 +32,8 @@ from medssl.config import (
     save_config,
     to_dict,
 )
-from medssl.data.folder import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_files, read_any_image, spatial_kind
+from medssl.data.pool import folder_pool, resize_batch
 from medssl.data.types import PretrainData
-from medssl.data.volume import (
-    NIFTI_SUFFIXES,
-    normalize_intensity,
-    pad_or_crop,
-    read_nifti,
-    to_uint8,
-)
 from medssl.errors import MedsslError
 
 ENCODER_FILE = "encoder.safetensors"
@@ -230,7 +222,7 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
              batch_size: int = PretrainConfig.batch_size, size: int | None = None,
              out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
              device: str = "auto", precision: str = "auto", method_args: dict[str, Any] | None = None,
-             seed: int = 0, **pretrain_overrides: Any) -> Encoder:
+             seed: int = 0, storage: str = "auto", **pretrain_overrides: Any) -> Encoder:
     """Pretrain an encoder on your own unlabelled images; return it (see :class:`Encoder`).
 
     Args:
@@ -241,7 +233,8 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
             - a folder of grey PNG/JPG/TIFF/BMP/DICOM images or NIfTI volumes (not mixed). NIfTI
               volumes are clipped to their 0.5-99.5 percentiles and min-max scaled, DICOM windowed
               (soft tissue); images keep their resolution and are centre-padded to the largest
-              shape, or resized to ``size`` per side when ``size`` is given;
+              shape, or resized to ``size`` per side when ``size`` is given (read once, in
+              DataLoader workers, into memory or a memory-mapped disk cache: see ``storage``);
             - a MedMNIST flag (``"breastmnist"``, ``"organmnist3d"``; ``size`` picks 28/64/128/224):
               its training images.
         method, method_args: the pretext method and its options (``medssl methods``).
@@ -252,6 +245,9 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
             checkpoint; None: a temporary one, deleted on return (keep the result with ``.save``).
         overwrite, resume: replace ``out``, or continue it from its last checkpoint.
         device, precision: as ``engine.device`` / ``engine.precision`` (``"auto"``: CUDA, bf16...).
+        storage: for a folder, ``"memory"``, ``"disk"`` (a persistent memory-mapped cache under
+            ``$MEDSSL_CACHE_DIR``, for data larger than RAM) or ``"auto"`` (disk above half the
+            available memory); see ``medssl.data.cache``.
         **pretrain_overrides: other ``pretrain`` keys (``lr``, ``weight_decay``, ``warmup_epochs``,
             ``optimizer``, ``max_seconds``); unknown keys are errors.
     """
@@ -259,7 +255,7 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
     from medssl.studies import pretrain as run_pretrain
     from medssl.studies.pretrain import runtime
 
-    pool, name = _pool(images, size)
+    pool, name = _pool(images, size, storage)
     cfg = from_dict(StudyConfig, {
         "name": name, "seed": seed, "data": {"dataset": name, "size": pool.size},
         "model": {"backbone": backbone, "width": width},
@@ -286,12 +282,11 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
     return load_encoder(out)
 
 
-def _pool(images: Any, size: int | None) -> tuple[PretrainData, str]:
+def _pool(images: Any, size: int | None, storage: str = "auto") -> tuple[PretrainData, str]:
     """The pretraining pool and a name for the run."""
-
     if isinstance(images, (str, Path)) and Path(images).is_dir():
-        x, name = _read_folder(Path(images), size), Path(images).name or "folder"
-    elif isinstance(images, Path) or (isinstance(images, str) and ("/" in images or "\\" in images)):
+        return folder_pool(Path(images), size, storage=storage), Path(images).name or "folder"
+    if isinstance(images, Path) or (isinstance(images, str) and ("/" in images or "\\" in images)):
         raise MedsslError(f"{images}: folder not found")
     elif isinstance(images, str):
         from medssl.data.medmnist import load_medmnist
@@ -301,7 +296,7 @@ def _pool(images: Any, size: int | None) -> tuple[PretrainData, str]:
     else:
         x, name = _as_uint8(images), "tensor"
         if size is not None:
-            x = _resize(x, size)
+            x = resize_batch(x, size)
     return PretrainData(x, x.dim() - 2, int(x.shape[1]), size or min(x.shape[2:])), name
 
 
@@ -321,25 +316,3 @@ def _as_uint8(images: Any) -> torch.Tensor:
         raise MedsslError(f"float images must be in [0, 1] (got {x.min().item():g} to {x.max().item():g}); "
                           "scale them first, or pass uint8")
     return torch.round(x.float() * 255).to(torch.uint8)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 ``[N, C, *S]`` -> uint8 ``[N, C, size, ...]`` (bi/trilinear; antialiased in 2D)."""
-    if all(s == size for s in x.shape[2:]):
-        return x
-    mode = "bilinear" if x.dim() == 4 else "trilinear"
-    y = F.interpolate(x.float() / 255, size=[size] * (x.dim() - 2), mode=mode, align_corners=False,
-                      antialias=x.dim() == 4)
-    return torch.round(y.clamp(0, 1) * 255).to(torch.uint8)
-
-
-def _read_folder(folder: Path, size: int | None) -> torch.Tensor:
-    """A folder of grey 2D images or NIfTI volumes -> uint8 ``[N, 1, *S]``."""
-    files = list_files(folder, NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES)
-    volumes = spatial_kind(files) == 3
-    arrays = [to_uint8(normalize_intensity(read_nifti(p)[0])) if volumes else to_uint8(read_any_image(p))
-              for p in files]
-    if size is not None:
-        return torch.cat([_resize(torch.from_numpy(a)[None, None], size) for a in arrays])
-    shape = tuple(int(n) for n in np.max([a.shape for a in arrays], 0))
-    return torch.from_numpy(np.stack([pad_or_crop(a, shape) for a in arrays]))[:, None]

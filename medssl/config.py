@@ -105,6 +105,10 @@ class DataConfig:
     # csv: patient-level folds; test = test_fold, validation = the next fold, train = the rest
     folds: Annotated[int, Check(ge=2)] = 5
     test_fold: Annotated[int, AT_LEAST_0] = 0
+    # where preprocessed images live: "memory", "disk" (a persistent memory-mapped cache under
+    # $MEDSSL_CACHE_DIR, for data larger than RAM) or "auto" (disk above half the available memory)
+    storage: Annotated[str, Check(choices=("auto", "memory", "disk"))] = "auto"
+    workers: Annotated[int, AT_LEAST_0] = 2  # DataLoader processes that read/decode files and batches
 
 
 @dataclass

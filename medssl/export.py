@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from medssl import __version__
-from medssl.api import Encoder, _read_folder, _resize, load_encoder
+from medssl.api import Encoder, load_encoder
 from medssl.data.folder import (
     DICOM_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -34,6 +34,7 @@ from medssl.data.folder import (
     resize_uint8,
     spatial_kind,
 )
+from medssl.data.pool import folder_pool, resize_batch
 from medssl.data.types import SPLITS
 from medssl.data.volume import NIFTI_SUFFIXES
 from medssl.engine.precision import resolve_device
@@ -227,7 +228,7 @@ def features(encoder: Encoder, images: torch.Tensor, size: int, batch_size: int 
     out = []
     with torch.inference_mode():
         for chunk in images.split(batch_size):
-            x = _resize(chunk, size).to(dev).float() / 255
+            x = resize_batch(chunk, size).to(dev).float() / 255
             out.append(encoder(x).float().cpu())
     return torch.cat(out).numpy()
 
@@ -260,7 +261,8 @@ def _read_folder_rows(folder: Path, dims: int, size: int) -> tuple[torch.Tensor,
     files = list_files(folder, NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES)
     if spatial_kind(files) != dims:
         raise MedsslError(f"{folder}: holds {spatial_kind(files)}D images; the encoder is {dims}D")
-    return _read_folder(folder, size), [{"file": p.name} for p in files]  # same natural order
+    rows = [{"file": p.name} for p in files]  # list_files' natural order, as in the pool
+    return folder_pool(folder, size, storage="memory").images, rows
 
 
 def _read_csv(csv_path: Path, dims: int, size: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:

@@ -15,6 +15,7 @@ from PIL import Image
 import medssl
 from medssl import export
 from medssl.cli import main
+from medssl.data.pool import folder_pool, resize_batch
 from medssl.errors import MedsslError
 
 TINY = {"backbone": "resnet18_small", "width": 0.125, "epochs": 1, "batch_size": 8, "device": "cpu",
@@ -106,7 +107,7 @@ def test_embed_a_medmnist_style_npz_keeps_splits_indices_and_labels(enc2d, tmp_p
              **{f"{s}_labels": v for s, v in y.items()})
     out = export.embed(enc2d, tmp_path / "tiny.npz", tmp_path / "f.npy", batch_size=4, device="cpu")
     feats, meta = np.load(out), json.loads((tmp_path / "f.json").read_text())
-    images = torch.cat([medssl.api._resize(v[:, None], 16) for v in x.values()])  # 20 px -> the encoder's 16
+    images = torch.cat([resize_batch(v[:, None], 16) for v in x.values()])  # 20 px -> the encoder's 16
     np.testing.assert_allclose(feats, direct(enc2d, images), rtol=1e-5, atol=1e-6)
     assert feats.shape == (10, 64) and feats.dtype == np.float32
     assert meta["rows"][:2] == [{"split": "train", "index": 0, "label": 0}, {"split": "train", "index": 1,
@@ -126,7 +127,7 @@ def test_embed_a_folder_in_natural_order(enc3d, tmp_path):
     out = export.embed(enc3d, tmp_path / "vols", tmp_path / "v.npy", device="cpu")
     meta = json.loads(out.with_suffix(".json").read_text())
     assert [r["file"] for r in meta["rows"]] == ["c1.nii.gz", "c2.nii.gz", "c10.nii.gz"]
-    expected = direct(enc3d, medssl.api._read_folder(tmp_path / "vols", 16))  # medssl's NIfTI scaling
+    expected = direct(enc3d, folder_pool(tmp_path / "vols", 16, storage="memory").images)  # NIfTI scaling
     np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
     c10 = direct(enc3d, expected_input(vols[0]))[0]
     np.testing.assert_allclose(np.load(out)[2], c10, rtol=1e-5, atol=1e-6)

@@ -14,12 +14,14 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medssl.data.cache import cache_key, cached_stack
 from medssl.data.types import ClassificationData, Split
 from medssl.data.volume import NIFTI_SUFFIXES, apply_window, normalize_intensity, read_dicom, to_uint8
 from medssl.errors import MedsslError
@@ -234,9 +236,14 @@ def resize_uint8(x01: np.ndarray, size: int) -> np.ndarray:
     return to_uint8(t[0, 0].numpy())
 
 
+def _read_row(rows: list[LabelRow], size: int, window: str, i: int) -> np.ndarray:
+    return resize_uint8(read_any_image(rows[i].path, window), size)[None]
+
+
 def load_csv_classification(csv_path: str | Path, columns: Sequence[str], size: int, window: str,
                             folds: int, test_fold: int, seed: int,
-                            name: str | None = None) -> ClassificationData:
+                            name: str | None = None, storage: str = "memory",
+                            workers: int = 0) -> ClassificationData:
     """A labelled image CSV as :class:`~medssl.data.types.ClassificationData` with
     patient-level splits: fold ``test_fold`` is test, fold ``test_fold + 1`` validation, the rest
     train (folds from :func:`medssl.data.splits.group_kfold` over pseudonymised patient ids).
@@ -254,12 +261,17 @@ def load_csv_classification(csv_path: str | Path, columns: Sequence[str], size: 
     classes = np.unique(labels)
     if classes[0] != 0 or not np.array_equal(classes, np.arange(len(classes))) or len(classes) < 2:
         raise MedsslError(f"{csv_path}: labels must be 0..K-1 with K >= 2, found {classes.tolist()}")
-    images = np.stack([resize_uint8(read_any_image(r.path, window), size) for r in rows])[:, None]
     fold = group_kfold([r.group for r in rows], folds, seed)
     val_fold = (test_fold + 1) % folds
-    parts = {"test": fold == test_fold, "val": fold == val_fold,
-             "train": (fold != test_fold) & (fold != val_fold)}
-    splits = {k: Split(torch.from_numpy(images[m]), torch.from_numpy(labels[m])) for k, m in parts.items()}
+    parts = {"train": np.flatnonzero((fold != test_fold) & (fold != val_fold)),
+             "val": np.flatnonzero(fold == val_fold), "test": np.flatnonzero(fold == test_fold)}
+    order = [rows[i] for idx in parts.values() for i in idx]  # train, val, test: each split a slice
+    key = cache_key([r.path for r in order], kind="csv", size=size, window=window, version=1)
+    images = cached_stack(key, len(order), (1, size, size), partial(_read_row, order, size, window),
+                          storage=storage, workers=workers)  # decoded once, in DataLoader workers
+    bounds = np.cumsum([0, *(len(idx) for idx in parts.values())])
+    splits = {k: Split(images[bounds[j]:bounds[j + 1]], torch.from_numpy(labels[idx]))
+              for j, (k, idx) in enumerate(parts.items())}
     task = "binary-class" if len(classes) == 2 else "multi-class"
     return ClassificationData(name or csv_path.parent.name, 2, 1, size, task, tuple(map(str, classes)),
                               csv_path, **splits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from medssl.errors import MedsslError
 from medssl.losses.distributed import rank as current_rank
@@ -46,11 +47,13 @@ class TensorBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, seed: int,
                  drop_last: bool = True, device: torch.device | str = "cpu",
-                 channels_last: bool = False, rank: int | None = None, world: int | None = None) -> None:
+                 channels_last: bool = False, rank: int | None = None, world: int | None = None,
+                 workers: int = 0) -> None:
         self.images, self.labels, self.num_items = images, labels, len(images)
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
         self.device = torch.device(device)
         self.channels_last = channels_last and images.dim() == 4  # a 2D-only memory format
+        self.workers = workers  # > 0: gather batches ahead in DataLoader workers (memory-mapped data)
         self.rank = current_rank() if rank is None else rank
         self.world = current_world() if world is None else world
         if batch_size % self.world:
@@ -68,19 +71,42 @@ class TensorBatches:
         return out
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        for idx in self._batches(epoch)[start:]:
-            yield self.batch(idx)
+        batches = self._batches(epoch)[start:]
+        if not self.workers:
+            for idx in batches:
+                yield self.batch(idx)
+            return
+        loader = DataLoader(_Gather(self.images, self.labels), batch_size=None, sampler=batches,
+                            num_workers=self.workers, prefetch_factor=4,
+                            pin_memory=self.device.type == "cuda")
+        for x, y in loader:
+            yield self._finish(x, y)
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self._to_device(self.images[idx]).float().div_(255)
+        return self._finish(self.images[idx], None if self.labels is None else self.labels[idx])
+
+    def _finish(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        x = self._to_device(images).float().div_(255)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = {"image": x}
-        if self.labels is not None:
-            out["label"] = self._to_device(self.labels[idx])
+        if labels is not None:
+            out["label"] = self._to_device(labels)
         return out
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
+            return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
         return t.to(self.device)
+
+
+class _Gather(Dataset):
+    """``[idx] -> (images[idx], labels[idx] or None)``; a memory map is read in index order."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+        self.images, self.labels = images, labels
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ordered, back = idx.sort()  # ascending offsets: sequential pages of a memory-mapped file
+        x = self.images[ordered][back.argsort()]
+        return x, None if self.labels is None else self.labels[idx]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medssl.data.cache import cache_key, cached_array, choose_storage
 from medssl.data.medmnist_info import INFO
 from medssl.data.types import SPLITS, ClassificationData, Split
 from medssl.errors import MedsslError
@@ -222,8 +223,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Read the six required arrays, turning every kind of file damage into MedsslError."""
+def _read_arrays(path: Path, images: bool = True) -> dict[str, np.ndarray]:
+    """Read the six required arrays (``images=False``: the labels only), turning every kind of file
+    damage into MedsslError."""
     try:
         obj = np.load(path, allow_pickle=False)
         if not isinstance(obj, np.lib.npyio.NpzFile):
@@ -235,7 +237,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
                     f"{path}: missing keys {', '.join(missing)} "
                     f"(found: {', '.join(sorted(npz.files)) or 'none'})"
                 )
-            return {k: npz[k] for k in REQUIRED_KEYS}
+            return {k: npz[k] for k in REQUIRED_KEYS if images or not k.endswith("_images")}
     except MedsslError:
         raise
     except ValueError as exc:
@@ -252,6 +254,11 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def _images_to_tensor(arr: np.ndarray, where: str, info: dict, size: int) -> torch.Tensor:
     """Validate one image array and return it channel-first, uint8, contiguous."""
+    return torch.from_numpy(np.ascontiguousarray(_channel_first(arr, where, info, size)))
+
+
+def _channel_first(arr: np.ndarray, where: str, info: dict, size: int) -> np.ndarray:
+    """Validate one image array; return a channel-first view ``[N, C, *S]``."""
     dims = int(info["spatial_dims"])
     if arr.dtype != np.uint8:
         raise MedsslError(f"{where} has dtype {arr.dtype}, expected uint8")
@@ -274,7 +281,43 @@ def _images_to_tensor(arr: np.ndarray, where: str, info: dict, size: int) -> tor
         raise MedsslError(f"{where} has spatial size {got}, expected {want}")
     if arr.shape[1] != info["n_channels"]:
         raise MedsslError(f"{where} has {arr.shape[1]} channel(s), expected {info['n_channels']}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return arr
+
+
+def _header(fh) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, Fortran order) from an open ``.npy`` stream, which is left at the data."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
+
+
+def _image_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+        shape, fortran, dtype = _header(fh)
+    return tuple(shape), dtype, fortran
+
+
+def _stream_images(path: Path, key: str, where: str, info: dict, size: int) -> torch.Tensor:
+    """Images of ``key`` copied from the zip member in chunks into the disk cache (never whole in RAM)."""
+    shape, dtype, _ = _image_header(path, key)
+    fake = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+    out_shape = _channel_first(fake, where, info, size).shape  # validates shape, dtype, size, channels
+    item = int(np.prod(shape[1:]))
+
+    def fill(out: np.ndarray) -> None:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+            _header(fh)
+            step = max(1, (64 << 20) // item)  # 64 MiB at a time
+            for start in range(0, shape[0], step):
+                n = min(step, shape[0] - start)
+                rows = np.frombuffer(fh.read(n * item), np.uint8)
+                if rows.size != n * item:
+                    raise MedsslError(f"{where}: truncated at image {start + rows.size // item}")
+                out[start:start + n] = _channel_first(rows.reshape(n, *shape[1:]), where, info, size)
+
+    name = cache_key([path], kind="medmnist", member=key, size=size, version=1)
+    return cached_array(name, out_shape, fill, storage="disk")
 
 
 def _labels_to_tensor(arr: np.ndarray, where: str, info: dict, n: int) -> torch.Tensor:
@@ -301,8 +344,13 @@ def _labels_to_tensor(arr: np.ndarray, where: str, info: dict, n: int) -> torch.
     return torch.from_numpy(np.ascontiguousarray(values))
 
 
-def load_npz(path: str | os.PathLike, flag: str, size: int) -> tuple[Split, Split, Split]:
+def load_npz(path: str | os.PathLike, flag: str, size: int,
+             storage: str = "memory") -> tuple[Split, Split, Split]:
     """Load and validate a MedMNIST ``.npz``; return the (train, val, test) splits.
+
+    ``storage`` (``medssl.data.cache``): ``disk`` streams the images into a memory-mapped cache
+    file, chunk by chunk, so a MedMNIST+ file larger than RAM can be used; ``auto`` chooses by the
+    images' size, read from the array headers.
 
     Raises:
         MedsslError: one line naming the file and the problem (corrupt/truncated file,
@@ -310,10 +358,19 @@ def load_npz(path: str | os.PathLike, flag: str, size: int) -> tuple[Split, Spli
     """
     path = Path(path)
     info = dataset_info(flag)
-    arrays = _read_arrays(path)
+    arrays = _read_arrays(path, images=storage == "memory")  # the archive and its keys are checked
+    if storage != "memory":
+        headers = [_image_header(path, f"{n}_images") for n in SPLITS]
+        streamable = all(h[1] == np.uint8 and not h[2] for h in headers)  # else: read whole, as before
+        nbytes = sum(int(np.prod(h[0])) for h in headers)
+        storage = choose_storage(storage, nbytes) if streamable else "memory"
+        if storage == "memory":
+            arrays = _read_arrays(path)
     splits = []
     for name in SPLITS:
-        images = _images_to_tensor(arrays[f"{name}_images"], f"{path}: {name}_images", info, size)
+        where = f"{path}: {name}_images"
+        images = (_stream_images(path, f"{name}_images", where, info, size) if storage == "disk"
+                  else _images_to_tensor(arrays[f"{name}_images"], where, info, size))
         labels = _labels_to_tensor(
             arrays[f"{name}_labels"], f"{path}: {name}_labels", info, images.shape[0]
         )
@@ -322,13 +379,15 @@ def load_npz(path: str | os.PathLike, flag: str, size: int) -> tuple[Split, Spli
 
 
 def load_medmnist(
-    flag: str, size: int = 28, path: str | os.PathLike | None = None, download: bool = True
+    flag: str, size: int = 28, path: str | os.PathLike | None = None, download: bool = True,
+    storage: str = "memory",
 ) -> ClassificationData:
-    """Resolve (and if needed download) then load and validate a MedMNIST dataset."""
+    """Resolve (and if needed download) then load and validate a MedMNIST dataset (``storage``:
+    see :func:`load_npz`)."""
     info = dataset_info(flag)
     key = flag.lower()
     file = resolve(key, size, path, download)
-    train, val, test = load_npz(file, key, size)
+    train, val, test = load_npz(file, key, size, storage)
     names = tuple(info["label"][str(i)] for i in range(len(info["label"])))
     dims, channels = int(info["spatial_dims"]), int(info["n_channels"])
     return ClassificationData(key, dims, channels, size, str(info["task"]), names, file, train, val, test)

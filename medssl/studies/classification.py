@@ -94,7 +94,7 @@ class ClassificationTask:
 def _load(cfg: StudyConfig) -> ClassificationData:
     """MedMNIST (default) or, with ``data.format: csv``, a label CSV with patient-level folds."""
     if cfg.data.format == "medmnist":
-        return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path)
+        return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path, storage=cfg.data.storage)
     if cfg.data.format != "csv":
         raise MedsslError(f"data.format must be medmnist or csv, got '{cfg.data.format}'")
     from medssl.data.folder import load_csv_classification
@@ -102,4 +102,5 @@ def _load(cfg: StudyConfig) -> ClassificationData:
 
     path = cfg.data.path or resolve_root(cfg.data.dataset, None) / "labels.csv"
     return load_csv_classification(path, cfg.data.columns, cfg.data.size, cfg.data.window,
-                                   cfg.data.folds, cfg.data.test_fold, cfg.seed, cfg.data.dataset)
+                                   cfg.data.folds, cfg.data.test_fold, cfg.seed, cfg.data.dataset,
+                                   storage=cfg.data.storage, workers=cfg.data.workers)

@@ -1,0 +1,149 @@
+"""The lazy path: items preprocessed once (in DataLoader workers) into memory or a memory-mapped disk
+cache, for folders (2D images, DICOM, NIfTI volumes), label CSVs and MedMNIST .npz files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from medical_fixtures import write_dicom, write_nifti, write_png
+from test_medmnist import tiny_file
+
+from medssl.data import cache
+from medssl.data.cache import cache_key, cached_stack, choose_storage
+from medssl.data.folder import load_csv_classification, read_any_image
+from medssl.data.loaders import TensorBatches
+from medssl.data.medmnist import load_medmnist
+from medssl.data.pool import folder_pool
+from medssl.data.volume import normalize_intensity, pad_or_crop, read_nifti, to_uint8
+from medssl.errors import MedsslError
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSSL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_disk_and_memory_give_the_same_array_and_disk_is_built_once(cache_dir):
+    calls = []
+
+    def read(i):
+        calls.append(i)
+        return np.full((1, 3, 2), i, np.uint8)
+
+    mem = cached_stack("k", 5, (1, 3, 2), read, storage="memory", workers=0)
+    disk = cached_stack("k", 5, (1, 3, 2), read, storage="disk", workers=0)
+    assert torch.equal(mem, disk) and disk[4, 0, 0, 0] == 4
+    assert files_in(cache_dir) == ["k.npy"] and len(calls) == 10
+    again = cached_stack("k", 5, (1, 3, 2), read, storage="disk", workers=0)
+    assert torch.equal(again, mem) and len(calls) == 10  # reused, nothing read
+    assert isinstance(np.load(cache_dir / "k.npy", mmap_mode="r"), np.memmap)
+
+
+def test_a_failed_build_leaves_no_cache_file(cache_dir):
+    def read(i):
+        if i == 3:
+            raise MedsslError("item 3 is broken")
+        return np.zeros((2,), np.uint8)
+
+    with pytest.raises(MedsslError, match="item 3 is broken"):
+        cached_stack("bad", 5, (2,), read, storage="disk", workers=0)
+    assert files_in(cache_dir) == []
+    with pytest.raises(MedsslError, match=r"item 0: preprocessed to float64 \(2,\), expected uint8"):
+        cached_stack("wrong", 2, (2,), lambda i: np.zeros(2), storage="disk", workers=0)
+
+
+def test_the_key_follows_the_files_and_the_settings(tmp_path):
+    f = write_png(tmp_path / "a.png", np.zeros((4, 4)))
+    k = cache_key([f], size=8)
+    assert cache_key([f], size=8) == k and cache_key([f], size=16) != k
+    os.utime(f, ns=(1, 1))
+    assert cache_key([f], size=8) != k  # a rewritten file is a new cache
+
+
+def test_auto_takes_disk_above_half_the_available_memory(monkeypatch):
+    monkeypatch.setattr(cache, "available_memory", lambda: 1000)
+    assert choose_storage("auto", 500) == "memory" and choose_storage("auto", 501) == "disk"
+    assert choose_storage("memory", 10**15) == "memory"
+    with pytest.raises(MedsslError, match=r"data\.storage must be auto, memory or disk"):
+        choose_storage("ram", 1)
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_a_folder_of_png_and_dicom_is_padded_to_the_largest_header_shape(tmp_path, storage):
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    write_png(tmp_path / "img" / "a.png", rng.integers(0, 256, (5, 7)))
+    write_png(tmp_path / "img" / "b.png", rng.integers(0, 256, (9, 4)))
+    ct = rng.integers(0, 2000, (6, 6)).astype(np.uint16)
+    write_dicom(tmp_path / "img" / "c.dcm", ct, intercept=-1024.0)
+    pool = folder_pool(tmp_path / "img", storage=storage, workers=2)
+    naive = np.stack([pad_or_crop(to_uint8(read_any_image(tmp_path / "img" / n)), (9, 7))
+                      for n in ("a.png", "b.png", "c.dcm")])[:, None]
+    assert pool.images.shape == (3, 1, 9, 7) and (pool.spatial_dims, pool.size) == (2, 7)
+    assert np.array_equal(pool.images.numpy(), naive)
+
+
+def test_a_folder_of_nifti_volumes_on_disk_equals_the_decoded_volumes(tmp_path, cache_dir):
+    rng = np.random.default_rng(1)
+    (tmp_path / "vols").mkdir()
+    for i, shape in enumerate([(6, 5, 4), (4, 7, 3)]):
+        write_nifti(tmp_path / "vols" / f"v{i}.nii.gz", rng.normal(size=shape).astype(np.float32))
+    pool = folder_pool(tmp_path / "vols", storage="disk", workers=2)
+    vols = [read_nifti(tmp_path / "vols" / f"v{i}.nii.gz")[0] for i in range(2)]
+    decoded = [to_uint8(normalize_intensity(v)) for v in vols]
+    naive = np.stack([pad_or_crop(v, (6, 7, 4)) for v in decoded])[:, None]
+    assert np.array_equal(pool.images.numpy(), naive) and pool.spatial_dims == 3
+    assert len(files_in(cache_dir)) == 1
+    resized = folder_pool(tmp_path / "vols", 8, storage="disk", workers=0)
+    assert resized.images.shape == (2, 1, 8, 8, 8) and len(files_in(cache_dir)) == 2
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist", "adrenalmnist3d"])  # grey, RGB, 3D
+def test_medmnist_streamed_to_disk_equals_the_in_memory_load(tmp_path, cache_dir, flag):
+    path = tiny_file(tmp_path, flag)
+    mem = load_medmnist(flag, path=path, download=False)
+    disk = load_medmnist(flag, path=path, download=False, storage="disk")
+    for split in ("train", "val", "test"):
+        a, b = mem.split(split), disk.split(split)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert len(files_in(cache_dir)) == 3  # one memory-mapped file per split
+
+
+def test_a_csv_on_disk_equals_memory_and_its_splits_are_views(tmp_path, cache_dir):
+    rng = np.random.default_rng(2)
+    (tmp_path / "img").mkdir()
+    lines = ["path,label,patient_id"]
+    for i in range(20):
+        write_png(tmp_path / "img" / f"{i}.png", rng.integers(0, 256, (12, 10)))
+        lines.append(f"img/{i}.png,{i % 2},p{i // 2}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    args = (tmp_path / "labels.csv", ["path", "label", "patient_id"], 8, "none", 5, 0, 0)
+    mem = load_csv_classification(*args, storage="memory")
+    disk = load_csv_classification(*args, storage="disk", workers=2)
+    for split in ("train", "val", "test"):
+        assert torch.equal(mem.split(split).images, disk.split(split).images)
+        assert torch.equal(mem.split(split).labels, disk.split(split).labels)
+    whole = np.load(next(cache_dir.iterdir()), mmap_mode="r")
+    assert len(whole) == 20 and len(disk.train) + len(disk.val) + len(disk.test) == 20
+    ptr = disk.train.images.data_ptr()  # the splits are consecutive slices of one mapped array
+    assert disk.val.images.data_ptr() == ptr + len(disk.train) * 64
+    assert disk.test.images.data_ptr() == ptr + (len(disk.train) + len(disk.val)) * 64
+
+
+def test_batches_gathered_in_workers_equal_the_in_process_batches(tmp_path):
+    x = cached_stack("b", 30, (1, 4, 4), lambda i: np.full((1, 4, 4), i, np.uint8), storage="disk", workers=0)
+    y = torch.arange(30)
+    plain = TensorBatches(x, y, 8, seed=4, drop_last=False)
+    ahead = TensorBatches(x, y, 8, seed=4, drop_last=False, workers=2)
+    for a, b in zip(plain.epoch(1), ahead.epoch(1, start=0), strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert [b["label"].tolist() for b in ahead.epoch(1, start=2)] == \
+        [b["label"].tolist() for b in list(plain.epoch(1))[2:]]

@@ -122,7 +122,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from medssl.config import load_config, save_config
     from medssl.engine.dist import init_from_env, is_main, on_main
-    from medssl.studies import check_study, pretrain, task_for
+    from medssl.studies import pretrain, pretrain_pool
 
     overrides = list(args.set)
     overrides += [f"pretrain.method={args.method.replace('-', '_')}"] if args.method else []
@@ -139,7 +139,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         check_writable_dir(out, "--out")
 
     on_main(check_out)
-    pool = task_for(cfg).pretrain_pool(cfg, check_study(cfg), None)
+    pool = pretrain_pool(cfg)
     on_main(lambda: (out.mkdir(parents=True, exist_ok=True), save_config(cfg, out / "config.yaml")))
     try:
         pretrain(cfg, pool, out, resume=args.resume)

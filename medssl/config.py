@@ -96,8 +96,9 @@ class DataConfig:
     path: str | None = None  # explicit .npz file or folder; else $MEDSSL_DATA_DIR, then the cache
     positive_class: Annotated[int, AT_LEAST_0] = 1  # binary tasks: the class sensitivity etc. call positive
     # Classification from a label CSV instead of MedMNIST (e.g. DICOM slices, PNG/JPG folders):
-    # "medmnist" (.npz) or "csv" (path = CSV; else <data dir>/<dataset>/labels.csv)
-    format: Annotated[str, Check(choices=("medmnist", "csv"))] = "medmnist"
+    # "medmnist" (.npz) or "csv" (path = CSV; else <data dir>/<dataset>/labels.csv); `medssl pretrain`
+    # also takes "folder": every image or NIfTI volume under path, unlabelled, resized to `size`
+    format: Annotated[str, Check(choices=("medmnist", "csv", "folder"))] = "medmnist"
     columns: Annotated[list[str], Check(min_len=2, max_len=3)] = field(
         default_factory=lambda: ["path", "label", "patient_id"])  # csv column names
     # csv DICOM: CT window preset (lung, soft_tissue, bone) or "none" (min-max)

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from medssl.config import StudyConfig
+from medssl.data.pool import folder_pool
+from medssl.data.types import PretrainData
 from medssl.errors import MedsslError
+from medssl.methods import method_config
 from medssl.studies.classification import ClassificationTask
 from medssl.studies.grid import Cell, Pretrained, Task, check_grid, run_grid
-from medssl.studies.pretrain import build_backbone, pretrain
+from medssl.studies.pretrain import build_backbone, pretrain, runtime
 from medssl.studies.segmentation import SegmentationTask
 
 TASKS: dict[str, Task] = {"classification": ClassificationTask(), "segmentation": SegmentationTask()}
@@ -32,10 +35,24 @@ def check_study(cfg: StudyConfig) -> Any:
     return check_grid(cfg, task_for(cfg))
 
 
+def pretrain_pool(cfg: StudyConfig) -> PretrainData:
+    """What ``medssl pretrain`` trains on: an unlabelled folder (``data.format: folder``), else the
+    task's pool (classification: the training split; segmentation: every image)."""
+    if cfg.data.format != "folder":
+        return task_for(cfg).pretrain_pool(cfg, check_study(cfg), None)
+    method_config(cfg.pretrain.method, cfg.pretrain.method_args)
+    runtime(cfg)
+    if not cfg.data.path or not Path(cfg.data.path).is_dir():
+        raise MedsslError(f"data.path: {cfg.data.path!r} is not a folder (data.format=folder)")
+    pool = folder_pool(Path(cfg.data.path), cfg.data.size, storage=cfg.data.storage, workers=cfg.data.workers)
+    build_backbone(cfg.model, pool.spatial_dims, pool.in_channels, pool.size)  # unknown names fail here
+    return pool
+
+
 def run_study(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -> Path:
     """Run study ``cfg`` (pretrain once, then every grid cell); return the finished run directory."""
     return run_grid(cfg, task_for(cfg), overwrite, resume)
 
 
-__all__ = ["TASKS", "Cell", "Pretrained", "Task", "build_backbone", "check_study", "pretrain", "run_study",
-           "task_for"]
+__all__ = ["TASKS", "Cell", "Pretrained", "Task", "build_backbone", "check_study", "pretrain",
+           "pretrain_pool", "run_study", "task_for"]

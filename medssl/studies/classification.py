@@ -95,6 +95,9 @@ def _load(cfg: StudyConfig) -> ClassificationData:
     """MedMNIST (default) or, with ``data.format: csv``, a label CSV with patient-level folds."""
     if cfg.data.format == "medmnist":
         return load_medmnist(cfg.data.dataset, cfg.data.size, cfg.data.path, storage=cfg.data.storage)
+    if cfg.data.format == "folder":
+        raise MedsslError("data.format=folder holds unlabelled images: pretrain on it with medssl pretrain "
+                          "(a study needs labels: medmnist or csv)")
     if cfg.data.format != "csv":
         raise MedsslError(f"data.format must be medmnist or csv, got '{cfg.data.format}'")
     from medssl.data.folder import load_csv_classification

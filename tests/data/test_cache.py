@@ -147,3 +147,25 @@ def test_batches_gathered_in_workers_equal_the_in_process_batches(tmp_path):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert [b["label"].tolist() for b in ahead.epoch(1, start=2)] == \
         [b["label"].tolist() for b in list(plain.epoch(1))[2:]]
+
+
+def test_medssl_pretrain_on_an_unlabelled_folder_through_the_disk_cache(tmp_path, cache_dir, capsys):
+    from medssl.cli import main
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "pool").mkdir()
+    for i in range(12):
+        write_png(tmp_path / "pool" / f"{i}.png", rng.integers(0, 256, (20 + i, 24)))
+    sets = [f"data.path={tmp_path / 'pool'}", "data.format=folder", "data.storage=disk", "data.size=16",
+            "model.width=0.125", "pretrain.epochs=1", "pretrain.batch_size=4", "engine.precision=fp32",
+            "engine.log_every=1",
+            "pretrain.method_args={proj_hidden_dim: 16, proj_dim: 8}"]
+    args = ["pretrain", "configs/demo.yaml", "--out", str(tmp_path / "run")]
+    args += [x for s in sets for x in ("--set", s)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "encoder.safetensors").is_file() and len(files_in(cache_dir)) == 1
+    rows = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(rows) == 3  # 12 images, batch 4
+    study = ["study", "configs/demo.yaml", "--set", "data.format=folder", "--set", f"output_dir={tmp_path}"]
+    assert main(study) == 2
+    assert "data.format=folder holds unlabelled images" in capsys.readouterr().err

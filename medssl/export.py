@@ -258,10 +258,10 @@ def read_embed_data(data: str | Path, encoder: Encoder, size: int
 
 
 def _read_folder_rows(folder: Path, dims: int, size: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    files = list_files(folder, NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES)
+    files = list_files(folder, NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES, recursive=True)
     if spatial_kind(files) != dims:
         raise MedsslError(f"{folder}: holds {spatial_kind(files)}D images; the encoder is {dims}D")
-    rows = [{"file": p.name} for p in files]  # list_files' natural order, as in the pool
+    rows = [{"file": p.relative_to(folder).as_posix()} for p in files]  # the pool's order
     return folder_pool(folder, size, storage="memory").images, rows
 
 

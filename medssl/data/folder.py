@@ -44,18 +44,22 @@ def stem(path: Path) -> str:
     return path.stem
 
 
-def list_files(folder: str | Path, suffixes: Sequence[str]) -> list[Path]:
-    """Files of ``folder`` in natural order; any other (non-hidden) file is an error naming it."""
+def list_files(folder: str | Path, suffixes: Sequence[str], recursive: bool = False) -> list[Path]:
+    """Files of ``folder`` (and, if ``recursive``, of its subfolders) in natural order of their
+    relative paths; any other (non-hidden) file is an error naming it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MedsslError(f"{folder}: folder not found")
-    files = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    files = [p for p in (folder.rglob("*") if recursive else folder.iterdir())
+             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    if recursive:
+        files = [p for p in files if not p.is_dir()]
     for p in files:
         if p.is_dir() or not p.name.lower().endswith(tuple(suffixes)):
             raise MedsslError(f"{p}: not an image file (expected {', '.join(suffixes)})")
     if not files:
         raise MedsslError(f"{folder}: folder has no images")
-    return sorted(files, key=natural_key)
+    return sorted(files, key=lambda p: [natural_key(Path(part)) for part in p.relative_to(folder).parts])
 
 
 def _open(path: Path):

@@ -70,7 +70,7 @@ def read_item(path: Path, size: int | None, shape: tuple[int, ...]) -> np.ndarra
 def folder_pool(folder: Path, size: int | None = None, *, storage: str = "auto",
                 workers: int = 2) -> PretrainData:
     """Every image or volume under ``folder`` as a pretraining pool (see the module docstring)."""
-    files = list_files(folder, POOL_SUFFIXES)
+    files = list_files(folder, POOL_SUFFIXES, recursive=True)
     if len(files) < 2:
         raise MedsslError(f"{folder}: {len(files)} image(s); pretraining needs at least 2")
     dims = spatial_kind(files)

@@ -169,3 +169,17 @@ def test_medssl_pretrain_on_an_unlabelled_folder_through_the_disk_cache(tmp_path
     study = ["study", "configs/demo.yaml", "--set", "data.format=folder", "--set", f"output_dir={tmp_path}"]
     assert main(study) == 2
     assert "data.format=folder holds unlabelled images" in capsys.readouterr().err
+
+
+def test_a_pool_folder_is_searched_recursively_in_natural_order(tmp_path):
+    for sub, names in (("b", ["10.png", "2.png"]), ("a", ["1.png"])):
+        (tmp_path / "pool" / sub).mkdir(parents=True)
+        for i, n in enumerate(names):
+            write_png(tmp_path / "pool" / sub / n, np.full((4, 4), 10 * (len(sub) + i) + ord(sub[0]) - 96))
+    (tmp_path / "pool" / ".hidden").mkdir()
+    write_png(tmp_path / "pool" / ".hidden" / "x.png", np.zeros((4, 4)))  # ignored, like hidden files
+    pool = folder_pool(tmp_path / "pool", storage="memory", workers=0)
+    assert pool.images[:, 0, 0, 0].tolist() == [11, 22, 12]  # a/1, b/2, b/10
+    (tmp_path / "pool" / "b" / "notes.txt").write_text("x")
+    with pytest.raises(MedsslError, match=r"notes\.txt: not an image file"):
+        folder_pool(tmp_path / "pool")

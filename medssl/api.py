@@ -72,10 +72,12 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig, *, overrides: S
     Returns:
         The finished run directory (``results.jsonl``, ``report.md``, ``pretrain/encoder.safetensors``).
     """
+    from medssl.engine.dist import init_from_env
     from medssl.io import check_writable_dir
     from medssl.studies import run_study as run
 
     cfg = study_config(config, overrides)
+    init_from_env(cfg.engine.device)  # under torchrun: one process per GPU
     check_writable_dir(Path(cfg.output_dir), "output_dir")
     return run(cfg, overwrite=overwrite, resume=resume)
 
@@ -251,6 +253,7 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
         **pretrain_overrides: other ``pretrain`` keys (``lr``, ``weight_decay``, ``warmup_epochs``,
             ``optimizer``, ``max_seconds``); unknown keys are errors.
     """
+    from medssl.engine.dist import init_from_env, on_main
     from medssl.methods import method_config
     from medssl.studies import pretrain as run_pretrain
     from medssl.studies.pretrain import runtime
@@ -266,18 +269,24 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
     runtime(cfg)
     if batch_size > len(pool):
         raise MedsslError(f"batch_size {batch_size} is larger than the {len(pool)} images")
+    if init_from_env(device) and out is None:
+        raise MedsslError("under torchrun pass out= (a run directory every rank sees)")
     if out is None:
         with tempfile.TemporaryDirectory(prefix="medssl-pretrain-") as tmp:
             run_pretrain(cfg, pool, Path(tmp))
             save_config(cfg, Path(tmp) / "config.yaml")
             return load_encoder(tmp)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise MedsslError(f"{out}: run directory exists; pass overwrite=True, resume=True or another out")
-    if overwrite and not resume and out.is_dir():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+
+    def prepare() -> None:  # rank 0 alone touches the run directory
+        if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+            raise MedsslError(f"{out}: run directory exists; pass overwrite=True, resume=True or another out")
+        if overwrite and not resume and out.is_dir():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    on_main(prepare)
     run_pretrain(cfg, pool, out, resume=resume)
     return load_encoder(out)
 

@@ -110,6 +110,7 @@ class DataConfig:
     # $MEDSSL_CACHE_DIR, for data larger than RAM) or "auto" (disk above half the available memory)
     storage: Annotated[str, Check(choices=("auto", "memory", "disk"))] = "auto"
     workers: Annotated[int, AT_LEAST_0] = 2  # DataLoader processes that read/decode files and batches
+    dicom_series: bool = False  # format folder: every folder of .dcm slices is one 3D volume
 
 
 @dataclass

@@ -111,3 +111,19 @@ def train(rank: int, world: int, store: Path, out: Path, names: list[str]) -> No
         state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         torch.save(state, out / f"{name}_{rank}.pt")
     dist.destroy_process_group()
+
+
+def train_cuda(rank: int, world: int, store: Path, out: Path, names: list[str]) -> None:
+    """``train`` on GPU ``rank`` with NCCL, SyncBatchNorm and bf16 autocast."""
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=world)
+    device = torch.device("cuda", rank)
+    spec = PretrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0)
+    for name in names:
+        seed_everything(0)
+        model, x = BUILDERS[name]()
+        fit(model, TensorBatches(x, None, 8, seed=3, device=device), spec, out / name, device=device,
+            precision=torch.bfloat16, sync_bn=True)
+        state = {k: v.cpu() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+        torch.save(state, out / f"{name}_{rank}.pt")
+    dist.destroy_process_group()

@@ -126,3 +126,16 @@ def test_shards_split_each_global_batch():
         assert torch.equal(torch.cat([a["image"][:, 0, 0, 0], b["image"][:, 0, 0, 0]]), whole)
     three = TensorBatches(x[:19], None, 8, seed=1, drop_last=False, rank=0, world=2)
     assert len(three) == 2  # a trailing 3 cannot give both ranks 2 samples: dropped on all ranks
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)")
+def test_nccl_two_gpus_with_sync_batchnorm_stay_identical(tmp_path):
+    """On a machine with 2 GPUs: NCCL, SyncBatchNorm and every joint-embedding method in bf16."""
+    from dist_workers import train_cuda
+
+    names = [n for n in BUILDERS if n not in ("linear", "squares")]
+    mp.spawn(train_cuda, args=(WORLD, tmp_path / "store", tmp_path, names), nprocs=WORLD)
+    for name in names:
+        states = [torch.load(tmp_path / f"{name}_{r}.pt", weights_only=True) for r in range(WORLD)]
+        for k in states[0]:
+            torch.testing.assert_close(states[1][k], states[0][k], rtol=0, atol=0, msg=f"{name} {k}")

@@ -1,8 +1,10 @@
 """Unlabelled folders as pretraining pools, read lazily through the cache (``medssl.data.cache``).
 
 A folder (searched recursively) holds grey 2D images (PNG/JPG/TIFF/BMP, DICOM slices) or NIfTI
-volumes, not both. Every item becomes uint8 ``[1, *S]``: NIfTI volumes are clipped to their
-0.5-99.5 percentiles and min-max scaled, DICOM windowed (soft tissue), 8-bit images kept. With
+volumes, not both; with ``series=True``, every folder of ``.dcm`` files is one CT/MR volume
+(``medssl.data.volume.read_dicom_dir``: slices sorted along the normal). Every item becomes uint8
+``[1, *S]``: volumes are clipped to their 0.5-99.5 percentiles and min-max scaled, DICOM slices
+windowed (soft tissue), 8-bit images kept. With
 ``size`` each item is resized to ``size`` per side; without it, items are centre-padded/cropped to
 the largest shape, found from the file headers alone (no decoding).
 """
@@ -19,7 +21,14 @@ import torch.nn.functional as F
 from medssl.data.cache import cache_key, cached_stack
 from medssl.data.folder import DICOM_SUFFIXES, IMAGE_SUFFIXES, list_files, read_any_image, spatial_kind
 from medssl.data.types import PretrainData
-from medssl.data.volume import NIFTI_SUFFIXES, normalize_intensity, pad_or_crop, read_nifti, to_uint8
+from medssl.data.volume import (
+    NIFTI_SUFFIXES,
+    normalize_intensity,
+    pad_or_crop,
+    read_dicom_dir,
+    read_nifti,
+    to_uint8,
+)
 from medssl.errors import MedsslError
 
 POOL_SUFFIXES = NIFTI_SUFFIXES + IMAGE_SUFFIXES + DICOM_SUFFIXES
@@ -57,8 +66,10 @@ def header_shape(path: Path) -> tuple[int, ...]:
 
 
 def read_item(path: Path, size: int | None, shape: tuple[int, ...]) -> np.ndarray:
-    """One file -> uint8 ``[1, *S]`` (``S`` = ``size`` per side, else ``shape``)."""
-    if path.name.lower().endswith(NIFTI_SUFFIXES):
+    """One file (or DICOM series folder) -> uint8 ``[1, *S]`` (``S`` = ``size`` per side, else ``shape``)."""
+    if path.is_dir():
+        x = to_uint8(normalize_intensity(read_dicom_dir(path)[0]))
+    elif path.name.lower().endswith(NIFTI_SUFFIXES):
         x = to_uint8(normalize_intensity(read_nifti(path)[0]))
     else:
         x = to_uint8(read_any_image(path))
@@ -67,19 +78,31 @@ def read_item(path: Path, size: int | None, shape: tuple[int, ...]) -> np.ndarra
     return pad_or_crop(x, shape)[None]
 
 
-def folder_pool(folder: Path, size: int | None = None, *, storage: str = "auto",
-                workers: int = 2) -> PretrainData:
+def folder_pool(folder: Path, size: int | None = None, *, storage: str = "auto", workers: int = 2,
+                series: bool = False) -> PretrainData:
     """Every image or volume under ``folder`` as a pretraining pool (see the module docstring)."""
-    files = list_files(folder, POOL_SUFFIXES, recursive=True)
+    files = list_files(folder, DICOM_SUFFIXES if series else POOL_SUFFIXES, recursive=True)
+    if series:  # one volume per folder of slices; its shape is (slices, rows, columns)
+        slices: dict[Path, list[Path]] = {}
+        for f in files:
+            slices.setdefault(f.parent, []).append(f)
+        files, dims = list(slices), 3
+        shapes = [(len(s), *header_shape(s[0])) for s in slices.values()]
+    else:
+        dims = spatial_kind(files)
+        shapes = [header_shape(p) for p in files] if size is None else []
     if len(files) < 2:
         raise MedsslError(f"{folder}: {len(files)} image(s); pretraining needs at least 2")
-    dims = spatial_kind(files)
-    shape = (size,) * dims if size is not None else \
-        tuple(int(n) for n in np.max([header_shape(p) for p in files], 0))
-    key = cache_key(files, kind="folder_pool", size=size, shape=shape, version=1)
+    shape = (size,) * dims if size is not None else tuple(int(n) for n in np.max(shapes, 0))
+    key = cache_key(_leaves(files), kind="folder_pool", size=size, shape=shape, series=series, version=1)
     images = cached_stack(key, len(files), (1, *shape), partial(_read, files, size, shape),
                           storage=storage, workers=workers)
     return PretrainData(images, dims, 1, size or min(shape))
+
+
+def _leaves(items: list[Path]) -> list[Path]:
+    """The files behind the items (a series folder's slices) for the cache key."""
+    return [f for p in items for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
 
 
 def _read(files: list[Path], size: int | None, shape: tuple[int, ...], i: int) -> np.ndarray:

@@ -44,7 +44,8 @@ def pretrain_pool(cfg: StudyConfig) -> PretrainData:
     runtime(cfg)
     if not cfg.data.path or not Path(cfg.data.path).is_dir():
         raise MedsslError(f"data.path: {cfg.data.path!r} is not a folder (data.format=folder)")
-    pool = folder_pool(Path(cfg.data.path), cfg.data.size, storage=cfg.data.storage, workers=cfg.data.workers)
+    pool = folder_pool(Path(cfg.data.path), cfg.data.size, storage=cfg.data.storage, workers=cfg.data.workers,
+                       series=cfg.data.dicom_series)
     build_backbone(cfg.model, pool.spatial_dims, pool.in_channels, pool.size)  # unknown names fail here
     return pool
 

@@ -183,3 +183,19 @@ def test_a_pool_folder_is_searched_recursively_in_natural_order(tmp_path):
     (tmp_path / "pool" / "b" / "notes.txt").write_text("x")
     with pytest.raises(MedsslError, match=r"notes\.txt: not an image file"):
         folder_pool(tmp_path / "pool")
+
+
+def test_dicom_series_folders_are_volumes_sorted_along_the_normal(tmp_path):
+    from medssl.data.volume import read_dicom_dir
+
+    rng = np.random.default_rng(4)
+    for s, n in (("s1", 3), ("s2", 5)):
+        (tmp_path / "ct" / s).mkdir(parents=True)
+        for k in range(n):  # written in reverse position order: the reader must sort them
+            write_dicom(tmp_path / "ct" / s / f"{k}.dcm", rng.integers(0, 2000, (6, 4)).astype(np.uint16),
+                        z=float(n - k), instance=k + 1)
+    pool = folder_pool(tmp_path / "ct", storage="disk", workers=2, series=True)
+    assert pool.spatial_dims == 3 and pool.images.shape == (2, 1, 5, 6, 4)
+    for i, s in enumerate(("s1", "s2")):
+        want = pad_or_crop(to_uint8(normalize_intensity(read_dicom_dir(tmp_path / "ct" / s)[0])), (5, 6, 4))
+        assert np.array_equal(pool.images[i, 0].numpy(), want)

@@ -93,7 +93,7 @@ def test_torchrun_study_spreads_cells_and_rank_zero_writes_the_results(tmp_path,
     assert [(r["protocol"], r.get("init"), r.get("seed")) for r in two] == \
         [(r["protocol"], r.get("init"), r.get("seed")) for r in one]  # every row once, in grid order
     assert (tmp_path / "two" / "report.md").is_file() and not (tmp_path / "two.incomplete").exists()
-    timed = {"seconds", "img_per_s", "test_seconds", "name"}
+    timed = {"seconds", "img_per_s", "test_seconds", "name", "peak_mem_mb"}
     scratch = [[{k: v for k, v in r.items() if k not in timed} for r in rows if r.get("init") == "scratch"]
                for rows in (one, two)]
     assert scratch[0] == scratch[1] and len(scratch[0]) == 6

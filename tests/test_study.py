@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medssl.cli import main
 
@@ -47,6 +48,16 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
         for m in ("auc", "acc", "sensitivity", "specificity", "fpr"):
             assert math.isfinite(r[m]) and 0 <= r[m] <= 1, (r, m)
         assert r["fpr"] == pytest.approx(1 - r["specificity"])
+    # each cell keeps its validation and test predictions; the row's metrics are theirs
+    preds = np.load(run / "finetune/ssl_f0.1_s0/predictions.npz")
+    y_test = np.load(data_dir / "breastmnist" / "breastmnist.npz")["test_labels"].ravel()
+    assert np.array_equal(preds["test_y"], y_test)
+    for r in (r for r in evals if r["init"] == "ssl" and r["seed"] == 0):
+        p = preds[f"{r['protocol']}_test"]
+        assert r["auc"] == pytest.approx(roc_auc_score(y_test == 0, p[:, 0]), abs=1e-6)  # malignant = 0
+        assert 0 <= r["threshold@youden"] <= 1 and "sensitivity@sens90" in r
+    ft = next(r for r in evals if r["protocol"] == "finetune")
+    assert ft["params"] > 0 and ft["flops_per_sample"] > 0 and ft["peak_mem_mb"] > 0
     subset = json.loads((run / "finetune/ssl_f0.1_s0/subset_indices.json").read_text())
     assert len(subset["indices"]) == 55 and subset["fraction"] == 0.1  # 15 malignant + 40 benign
     report = (run / "report.md").read_text()
@@ -58,7 +69,7 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     assert [_untimed(r) for r in rows_b] == [_untimed(r) for r in rows]
 
 
-TIMED = {"seconds", "img_per_s", "test_seconds"}
+TIMED = {"seconds", "img_per_s", "test_seconds", "peak_mem_mb"}
 
 
 def _untimed(row: dict) -> dict:

@@ -15,7 +15,7 @@ from medssl.engine import fit
 from medssl.engine.checkpoint import save_weights
 from medssl.engine.precision import autocast, model_device
 from medssl.engine.trainer import OptimSpec
-from medssl.eval.metrics import classification_metrics
+from medssl.eval.metrics import classification_metrics, multilabel_metrics
 from medssl.transforms.augment import ViewAugment
 
 
@@ -24,32 +24,46 @@ class FinetuneSpec(OptimSpec):
 
 
 class Classifier(nn.Module):
-    """Backbone + linear head. ``forward``: [B, C, *S] -> logits [B, K]."""
+    """Backbone + linear head. ``forward``: [B, C, *S] -> logits [B, K] (K labels if multi-label).
 
-    def __init__(self, backbone: nn.Module, num_classes: int, augment: ViewAugment | None = None):
+    Single-label: cross-entropy, softmax probabilities. Multi-label (labels [B, K] 0/1, as in
+    ChestMNIST): binary cross-entropy per label, sigmoid probabilities.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, augment: ViewAugment | None = None,
+                 multi_label: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
         self.augment = augment
+        self.multi_label = multi_label
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().sigmoid() if self.multi_label else logits.float().softmax(1)
+
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.augment(batch["image"]) if self.augment is not None else batch["image"]
-        return {"loss": F.cross_entropy(self(x).float(), batch["label"])}
+        logits = self(x).float()
+        if self.multi_label:
+            return {"loss": F.binary_cross_entropy_with_logits(logits, batch["label"].float())}
+        return {"loss": F.cross_entropy(logits, batch["label"])}
 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
                   precision: torch.dtype | None = None) -> np.ndarray:
-    """uint8 [N, C, *S] -> softmax probabilities [N, K], computed on the model's device."""
+    """uint8 [N, C, *S] -> probabilities [N, K] (softmax; sigmoid for a multi-label ``Classifier``),
+    computed on the model's device."""
     model.eval()
     device, out = model_device(model), []
+    to_probs = getattr(model, "probabilities", lambda z: z.float().softmax(1))
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device).float().div_(255)
         with autocast(device, precision):
-            out.append(model(x).float().softmax(1).cpu())
+            out.append(to_probs(model(x)).cpu())
     return torch.cat(out).numpy()
 
 
@@ -57,17 +71,21 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
              spec: FinetuneSpec, run_dir: Path, seed: int, positive_class: int = 1,
              precision: torch.dtype | None = None, channels_last: bool = False,
-             min_steps: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+             min_steps: int = 0, device: torch.device | str = "cpu"
+             ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Train on ``train`` (uint8 images, labels) on ``device``; keep the epoch with the best
-    validation AUC; test it.
+    validation AUC (the earliest of equal ones); predict validation and test with it.
 
-    Returns test metrics plus ``best_epoch``, ``val_auc``, ``seconds`` and ``steps``.
+    Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
+    validation probabilities; test probabilities).
     """
     best = {"auc": -1.0, "epoch": -1, "state": None}
+    multi = getattr(model, "multi_label", False)
 
     def select(epoch: int) -> dict[str, float]:
         probs = predict_proba(model, val[0], precision=precision)
-        auc = classification_metrics(val[1].numpy(), probs, positive_class)["auc"]
+        auc = multilabel_metrics(val[1].numpy(), probs)["auc"] if multi else \
+            classification_metrics(val[1].numpy(), probs, positive_class)["auc"]
         if auc > best["auc"]:
             best.update(auc=auc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
         return {"val_auc": auc}
@@ -79,7 +97,9 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
                  on_epoch_end=select)
     model.load_state_dict(best["state"])
     save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
-    probs = predict_proba(model, test[0], precision=precision)
-    metrics = classification_metrics(test[1].numpy(), probs, positive_class)
-    return {**metrics, "best_epoch": best["epoch"], "val_auc": best["auc"],
-            "seconds": result.seconds, "steps": result.steps}
+    p_val = predict_proba(model, val[0], precision=precision)
+    p_test = predict_proba(model, test[0], precision=precision)
+    metrics = multilabel_metrics(test[1].numpy(), p_test) if multi else \
+        classification_metrics(test[1].numpy(), p_test, positive_class)
+    return ({**metrics, "best_epoch": best["epoch"], "val_auc": best["auc"], "seconds": result.seconds,
+             "steps": result.steps, "img_per_s": result.images_per_second}, p_val, p_test)

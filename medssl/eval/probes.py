@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from medssl.engine.precision import autocast, model_device
-from medssl.eval.metrics import classification_metrics
+from medssl.eval.metrics import classification_metrics, multilabel_metrics
 
 
 @torch.no_grad()
@@ -61,6 +62,39 @@ def knn_vote(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_c
     return probs / probs.sum(axis=1, keepdims=True)
 
 
+def knn_vote_multilabel(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 20,
+                        temperature: float = 0.07) -> np.ndarray:
+    """:func:`knn_vote` per label: train_y [N, L] 0/1 -> [M, L], each label's weighted share of
+    the ``k`` neighbours that carry it."""
+    y = np.asarray(train_y).astype(int)
+    votes = [knn_vote(train_x, y[:, j], test_x, 2, k, temperature)[:, 1] for j in range(y.shape[1])]
+    return np.stack(votes, 1)
+
+
+def linear_predict(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                   others: list[np.ndarray], num_classes: int, positive_class: int = 1,
+                   multi_label: bool = False) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Logistic regression on standardised features, C chosen by validation AUC (one-vs-rest per
+    label for multi-label tasks). Returns (val probabilities, probabilities of each of ``others``, C)."""
+    scaler = StandardScaler().fit(train_x)
+    tr, va = scaler.transform(train_x), scaler.transform(val_x)
+
+    def probs(clf, x: np.ndarray) -> np.ndarray:
+        return clf.predict_proba(x) if multi_label else _full_probs(clf.predict_proba(x), clf.classes_,
+                                                                    num_classes)
+
+    best, best_auc = None, -1.0
+    for c in (0.001, 0.01, 0.1, 1.0):
+        clf = LogisticRegression(C=c, max_iter=2000)
+        clf = (OneVsRestClassifier(clf) if multi_label else clf).fit(tr, train_y)
+        p = probs(clf, va)
+        auc = multilabel_metrics(val_y, p)["auc"] if multi_label else \
+            classification_metrics(val_y, p, positive_class)["auc"]
+        if auc > best_auc:
+            best, best_auc, best_val, best_c = clf, auc, p, c
+    return best_val, [probs(best, scaler.transform(x)) for x in others], float(best_c)
+
+
 def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
               num_classes: int, k: int = 20, positive_class: int = 1,
               temperature: float = 0.07) -> dict[str, float]:
@@ -72,15 +106,6 @@ def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                  test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
                  positive_class: int = 1) -> dict[str, float]:
-    """Logistic regression on standardised features; C chosen by validation AUC."""
-    scaler = StandardScaler().fit(train_x)
-    tr, va, te = (scaler.transform(a) for a in (train_x, val_x, test_x))
-    best, best_auc = None, -1.0
-    for c in (0.001, 0.01, 0.1, 1.0):
-        clf = LogisticRegression(C=c, max_iter=2000).fit(tr, train_y)
-        probs = _full_probs(clf.predict_proba(va), clf.classes_, num_classes)
-        auc = classification_metrics(val_y, probs, positive_class)["auc"]
-        if auc > best_auc:
-            best, best_auc = clf, auc
-    probs = _full_probs(best.predict_proba(te), best.classes_, num_classes)
-    return {**classification_metrics(test_y, probs, positive_class), "C": float(best.C)}
+    """Test metrics of :func:`linear_predict` (logistic regression; C chosen by validation AUC)."""
+    _, [probs], c = linear_predict(train_x, train_y, val_x, val_y, [test_x], num_classes, positive_class)
+    return {**classification_metrics(test_y, probs, positive_class), "C": c}

@@ -9,19 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medssl.config import StudyConfig
 from medssl.data.medmnist import load_medmnist
 from medssl.data.subsets import label_fraction_indices, save_indices
 from medssl.data.types import ClassificationData, PretrainData
 from medssl.engine import resolve_channels_last, seed_everything
+from medssl.engine.compute import count_params, flops_per_sample, peak_memory_mb, reset_peak_memory
 from medssl.errors import MedsslError
 from medssl.eval.finetune import Classifier, finetune
-from medssl.eval.probes import extract_features, knn_probe, linear_probe
+from medssl.eval.metrics import classification_metrics, multilabel_metrics, operating_points
+from medssl.eval.probes import extract_features, knn_vote, knn_vote_multilabel, linear_predict
+from medssl.io import atomic_write
 from medssl.studies.grid import Cell, Pretrained
 from medssl.studies.pretrain import build_backbone, runtime
 from medssl.transforms.augment import light_augment
 
-SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression")
+SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression", "multi-label, binary-class")
 
 
 class ClassificationTask:
@@ -67,28 +72,62 @@ class ClassificationTask:
         backbone.to(device)
         images, labels = data.train.images[idx], data.train.labels[idx]
         base = {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed, "n_labelled": len(idx)}
-        pos, k = cfg.data.positive_class, data.num_classes
+        y_val, y_test = data.val.labels.numpy(), data.test.labels.numpy()
+        predictions: dict[str, np.ndarray] = {"val_y": y_val, "test_y": y_test}
         rows = []
         if cfg.finetune.knn:
             feats = {s: extract_features(backbone, x, precision=precision)
                      for s, x in (("train", images), ("val", data.val.images), ("test", data.test.images))}
-            rows.append({"protocol": "knn", **base, **knn_probe(
-                feats["train"], labels.numpy(), feats["test"], data.test.labels.numpy(), k,
-                cfg.finetune.knn_k, pos)})
-            rows.append({"protocol": "linear", **base, **linear_probe(
-                feats["train"], labels.numpy(), feats["val"], data.val.labels.numpy(),
-                feats["test"], data.test.labels.numpy(), k, pos)})
-        model = Classifier(backbone, k, light_augment(data.spatial_dims, data.size)
-                           if cfg.finetune.augment else None)
-        metrics = finetune(model, (images, labels), (data.val.images, data.val.labels),
-                           (data.test.images, data.test.labels), cfg.finetune, run_dir, cell.seed, pos,
-                           precision, resolve_channels_last(cfg.engine.channels_last, precision)
-                           and data.spatial_dims == 2, cfg.finetune.min_steps, device)
-        rows.append({"protocol": "finetune", **base, **metrics})
+            y = labels.numpy()
+            k = cfg.finetune.knn_k
+            knn = [knn_vote_multilabel(feats["train"], y, feats[s], k) if data.multi_label
+                   else knn_vote(feats["train"], y, feats[s], data.num_classes, k) for s in ("val", "test")]
+            p_val, [p_test], c = linear_predict(feats["train"], y, feats["val"], y_val, [feats["test"]],
+                                                data.num_classes, cfg.data.positive_class, data.multi_label)
+            for protocol, (pv, pt), extra in (("knn", knn, {}), ("linear", (p_val, p_test), {"C": c})):
+                predictions.update({f"{protocol}_val": pv, f"{protocol}_test": pt})
+                rows.append({"protocol": protocol, **base, **score(cfg, data, pv, pt), **extra})
+        model = Classifier(backbone, data.num_classes, light_augment(data.spatial_dims, data.size)
+                           if cfg.finetune.augment else None, multi_label=data.multi_label)
+        reset_peak_memory(device)
+        metrics, p_val, p_test = finetune(
+            model, (images, labels), (data.val.images, data.val.labels), (data.test.images, data.test.labels),
+            cfg.finetune, run_dir, cell.seed, cfg.data.positive_class, precision,
+            resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2,
+            cfg.finetune.min_steps, device)
+        predictions.update({"finetune_val": p_val, "finetune_test": p_test})
+        sample = data.test.images[:1].to(device).float() / 255
+        compute = {"params": count_params(model), "flops_per_sample": flops_per_sample(model, sample),
+                   "peak_mem_mb": round(peak_memory_mb(device), 1)}
+        rows.append({"protocol": "finetune", **base, **metrics, **score(cfg, data, p_val, p_test), **compute})
+        save_predictions(run_dir / "predictions.npz", predictions)
         return rows
 
     def describe(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
         return f"{cell.init} fraction={cell.fraction:g} seed={cell.seed}: done"
+
+
+def score(cfg: StudyConfig, data: ClassificationData, p_val: np.ndarray,
+          p_test: np.ndarray) -> dict[str, Any]:
+    """Test metrics of one protocol's predictions; for binary tasks also the operating points chosen
+    on the validation predictions (Youden; 90% sensitivity) beside the fixed 0.5."""
+    y_val, y_test = data.val.labels.numpy(), data.test.labels.numpy()
+    if data.multi_label:
+        return multilabel_metrics(y_test, p_test, data.class_names)
+    metrics = classification_metrics(y_test, p_test, cfg.data.positive_class, task=data.task)
+    if data.num_classes == 2:
+        metrics.update(operating_points(y_val, p_val, y_test, p_test, cfg.data.positive_class))
+    return metrics
+
+
+def save_predictions(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The cell's validation and test labels and probabilities (``<protocol>_val``/``_test``), for
+    the report's intervals, paired tests, curves and calibration."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(v, np.float32 if k.endswith(("_val", "_test")) else None)
+                                       for k, v in arrays.items()})
+    atomic_write(path, write)
 
 
 def _load(cfg: StudyConfig) -> ClassificationData:

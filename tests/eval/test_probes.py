@@ -104,11 +104,13 @@ def test_finetune_keeps_the_best_validation_epoch_and_tests_that_checkpoint(monk
                 net.head.bias.copy_(torch.tensor([0.0, -10.0]))  # threshold at 0.5
             logs.append(on_epoch_end(epoch))
         assert [round(v["val_auc"], 6) for v in logs] == [0.5, 1.0, 0.0, 0.0]
-        return SimpleNamespace(seconds=1.0, steps=len(heads))
+        return SimpleNamespace(seconds=1.0, steps=len(heads), images_per_second=4.0)
 
     monkeypatch.setattr(finetune_module, "fit", fake_fit)
-    out = finetune_module.finetune(model, val, val, test, SimpleNamespace(batch_size=2), tmp_path, 0)
+    out, p_val, p_test = finetune_module.finetune(model, val, val, test, SimpleNamespace(batch_size=2),
+                                                  tmp_path, 0)
     assert out["best_epoch"] == 1 and out["val_auc"] == 1.0  # not epoch 2 (best on test) or 3 (last)
     assert out["auc"] == 0.0 and out["acc"] == 0.0  # epoch 1's head on the test set, by hand
+    assert p_val.shape == p_test.shape == (len(test[0]), 2) and np.allclose(p_test.sum(1), 1)
     assert torch.equal(model.head.weight, torch.tensor([[0.0, 0.0], [20.0, 0.0]]))
     assert torch.equal(load_weights(tmp_path / "model.safetensors")["head.weight"], model.head.weight)

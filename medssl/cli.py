@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue <name>.incomplete: keep finished cells, redo the killed one")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells with their cost estimated from measured step times; run nothing")
 
     p = sub.add_parser("pretrain", help="pretrain an encoder only")
     _add_config_args(p, config_required=False)
@@ -112,6 +114,11 @@ def _cmd_study(args: argparse.Namespace) -> None:
     from medssl.studies import run_study
 
     cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from medssl.studies.estimate import dry_run
+
+        console.print(dry_run(cfg))
+        return
     init_from_env(cfg.engine.device)  # torchrun: one process per GPU (or CPU share)
     check_writable_dir(Path(cfg.output_dir), "output_dir")
     run_dir = run_study(cfg, overwrite=args.overwrite, resume=args.resume)

@@ -216,6 +216,18 @@ class SegmentationConfig:
 
 
 @dataclass
+class GridConfig:
+    """A benchmark grid: one study per dataset x method, run one after another into
+    ``<output_dir>/<name>/<dataset>_<method>/`` and reported together. Scratch is trained once per
+    dataset (in its first method's study)."""
+
+    datasets: list[str] = field(default_factory=list)  # MedMNIST flags; empty: no grid
+    methods: list[str] = field(default_factory=list)  # pretext methods (combinations included)
+    # per-dataset `--set` overrides, e.g. {adrenalmnist3d: ["model.backbone=resnet10"]}
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class StudyConfig:
     name: Annotated[str, Check(plain_name=True)] = "study"  # run directory: <output_dir>/<name>
     output_dir: str = "runs"
@@ -228,6 +240,7 @@ class StudyConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
 
 
 def _type_name(tp: Any) -> str:

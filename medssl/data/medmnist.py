@@ -128,7 +128,7 @@ def search_locations(
     key = flag.lower()
     out: list[Path] = []
     if path is not None:
-        explicit = Path(path).expanduser()
+        explicit = Path(os.path.expandvars(str(path))).expanduser()  # "$MEDSSL_DATA_DIR/..." works
         if explicit.is_file():
             return [explicit]
         if not explicit.is_dir():

@@ -51,7 +51,12 @@ def pretrain_pool(cfg: StudyConfig) -> PretrainData:
 
 
 def run_study(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -> Path:
-    """Run study ``cfg`` (pretrain once, then every grid cell); return the finished run directory."""
+    """Run study ``cfg`` (pretrain once, then every grid cell; with a ``grid`` section, one study per
+    dataset x method, reported together); return the finished run directory."""
+    if cfg.grid.datasets or cfg.grid.methods:
+        from medssl.studies.sweep import run_grid_config
+
+        return run_grid_config(cfg, overwrite, resume)
     return run_grid(cfg, task_for(cfg), overwrite, resume)
 
 

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
 from medssl.engine.dist import barrier, is_distributed, is_main, rank, sync_batchnorm, world_size, wrap_ddp
 from medssl.engine.precision import autocast, grad_scaler
 from medssl.engine.schedules import cosine_schedule
+from medssl.engine.tracking import make_tracker
 from medssl.errors import MedsslError
 from medssl.losses.distributed import all_reduce_mean
 
@@ -132,7 +133,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         channels_last: bool = False, min_steps: int = 0, log_every: int = 10, desc: str = "train",
         checkpoint: bool = True, checkpoint_every: int = 10, checkpoint_steps: int = 0,
         resume: bool = False, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
-        max_seconds: float | None = None, accumulate: int = 1, sync_bn: bool = False) -> FitResult:
+        max_seconds: float | None = None, accumulate: int = 1, sync_bn: bool = False,
+        tracking: Sequence[str] = ()) -> FitResult:
     """Train ``model`` on ``data`` (batches on ``device``) for ``spec.epochs`` epochs (at least
     ``min_steps`` steps) under ``precision`` autocast (None: fp32; fp16 adds a gradient scaler).
 
@@ -149,6 +151,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     other (DDP synchronises the last only) before one optimizer step: the same step with less
     memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
     under DDP (CUDA). Under ``torchrun`` the batches are this rank's share (``TensorBatches``).
+    ``tracking`` (``engine.tracking``, e.g. ``["tensorboard"]``) mirrors every log.jsonl row to
+    those trackers under ``run_dir`` (``medssl.engine.tracking``).
     """
     device = torch.device(device)
     per_epoch = len(data)
@@ -183,6 +187,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(run_dir / "log.jsonl", step)
+    tracker = make_tracker(tracking, run_dir, run_dir.name if run_dir else desc, start_step=step)
     # line-buffered so that `tail -f log.jsonl` follows a run as it goes
     log = open(run_dir / "log.jsonl", "a", buffering=1) if run_dir else None  # noqa: SIM115
     seen, loss_value, t0 = 0, state.get("loss", float("nan")), time.perf_counter()
@@ -223,6 +228,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                             row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
                                    "img_per_s": round(ips, 1), "grad_norm": grad_norm, **logs}
                             log.write(json.dumps(row) + "\n")
+                            tracker.log(row, step)
                     out_of_time = max_seconds is not None and _any_rank(
                         elapsed + time.perf_counter() - t0 >= max_seconds)
                     if out_of_time:
@@ -232,7 +238,9 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                         save()
                 extra = on_epoch_end(epoch) if on_epoch_end else {}
                 if log and extra:
-                    log.write(json.dumps({"epoch": epoch, "step": step, **extra}) + "\n")
+                    row = {"epoch": epoch, "step": step, **extra}
+                    log.write(json.dumps(row) + "\n")
+                    tracker.log(row, step, split="val")
                 last = epoch + 1 == epochs or out_of_time
                 if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or last
                                                or (checkpoint_steps and step % checkpoint_steps == 0)):
@@ -243,6 +251,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     finally:
         if log:
             log.close()
+        tracker.close()
     if is_distributed():  # BatchNorm statistics drift per rank: every rank keeps rank 0's (the saved ones)
         _broadcast_tensors(inner)
     barrier()  # rank 0's files are complete when fit returns on any rank

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +72,13 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
              spec: FinetuneSpec, run_dir: Path, seed: int, positive_class: int = 1,
              precision: torch.dtype | None = None, channels_last: bool = False,
-             min_steps: int = 0, device: torch.device | str = "cpu"
+             min_steps: int = 0, device: torch.device | str = "cpu", tracking: Sequence[str] = ()
              ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Train on ``train`` (uint8 images, labels) on ``device``; keep the epoch with the best
     validation AUC (the earliest of equal ones); predict validation and test with it.
 
     Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
-    validation probabilities; test probabilities).
+    validation probabilities; test probabilities). ``tracking``: ``engine.tracking`` (see ``fit``).
     """
     best = {"auc": -1.0, "epoch": -1, "state": None}
     multi = getattr(model, "multi_label", False)
@@ -94,7 +95,7 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
                          channels_last=channels_last)
     result = fit(model, data, spec, run_dir, device=device, precision=precision,
                  channels_last=channels_last, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
-                 on_epoch_end=select)
+                 on_epoch_end=select, tracking=tracking)
     model.load_state_dict(best["state"])
     save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
     p_val = predict_proba(model, val[0], precision=precision)

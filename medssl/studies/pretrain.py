@@ -52,7 +52,8 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
                  desc=f"pretrain {cfg.pretrain.method}", resume=resume,
                  checkpoint_every=cfg.engine.checkpoint_every,
                  checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds,
-                 accumulate=cfg.engine.accumulate, sync_bn=cfg.engine.sync_batchnorm)
+                 accumulate=cfg.engine.accumulate, sync_bn=cfg.engine.sync_batchnorm,
+                 tracking=cfg.engine.tracking)
     config = {"backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims,
               "in_channels": data.in_channels, "size": data.size, "method": cfg.pretrain.method}
     # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from medssl.errors import MedsslError
+from medssl.io import atomic_write
 
 METRICS = ("auc", "acc", "balanced_acc", "sensitivity", "specificity", "fpr")
 PROTOCOLS = ("finetune", "linear", "knn")
@@ -113,40 +114,26 @@ def plot_label_efficiency(summary: dict, path: Path, metric: str = "auc") -> Non
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write ``report.md`` and ``label_efficiency.png`` in ``run_dir`` from ``results.jsonl``."""
+    """Write ``report.md`` and a self-contained ``report.html`` (figures in ``figures/``) in ``run_dir``
+    from ``results.jsonl`` and the cells' ``predictions.npz``."""
+    from medssl.report.blocks import to_html, to_markdown
+    from medssl.report.classification import report_blocks
+
     run_dir = Path(run_dir)
     rows = read_results(run_dir / "results.jsonl")
     if any(r.get("protocol") == "segmentation" for r in rows):
         from medssl.report.segmentation import write_segmentation_report
 
         return write_segmentation_report(run_dir, rows)
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    blocks = report_blocks(run_dir, rows, figures)
     summary = summarise(rows)
-    meta = next((r for r in rows if r.get("protocol") in PROTOCOLS), {})
-    pre = next((r for r in rows if r.get("protocol") == "pretrain"), None)
-    study = next((r for r in rows if r.get("protocol") == "study"), None)
-    name = run_dir.name.removesuffix(".incomplete")
-    lines = [f"# {name}: {meta.get('method', '?')} on {meta.get('dataset', '?')}", ""]
-    lines += [f"Backbone `{meta.get('backbone')}` (width {meta.get('width')}). Test-split metrics, "
-              "mean ± sample std over seeds; binary metrics at the 0.5 threshold.", ""]
-    lines += ["## SSL vs scratch", "", *(_delta_lines(summary) or ["- (no SSL/scratch pair)"]), ""]
-    names = {"finetune": "Full fine-tuning (model selected on validation AUC)",
-             "linear": "Linear probe on frozen features", "knn": "kNN on frozen features"}
-    for protocol in PROTOCOLS:
-        table = _table(summary, protocol)
-        if table:
-            lines += [f"## {names[protocol]}", "", *table, ""]
-    lines += ["## Compute", ""]
-    if pre and "seconds" in pre:
-        lines.append(f"- pretraining: {pre['steps']} steps, {pre['seconds']:.0f} s, "
-                     f"{pre['img_per_s']:.0f} img/s")
-    ft = [r["seconds"] for r in rows if r.get("protocol") == "finetune"]
-    if ft:
-        lines.append(f"- fine-tuning: {len(ft)} runs, {sum(ft):.0f} s in all")
-    if study:
-        lines.append(f"- whole study: {study['seconds']:.0f} s")
-    if summary:
-        plot_label_efficiency(summary, run_dir / "label_efficiency.png")
-        lines += ["", "![label efficiency](label_efficiency.png)"]
+    if summary:  # the one-line-per-fraction answer, kept at the top of report.md
+        answer = [x.removeprefix("- ") for x in _delta_lines(summary)] or ["(no pair)"]
+        blocks[2:2] = [("h2", "SSL vs scratch (fine-tuned AUC)"), ("list", answer)]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(to_markdown(blocks, run_dir)))
+    title = run_dir.name.removesuffix(".incomplete")
+    atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(to_html(blocks, title)))
     return path

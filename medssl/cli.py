@@ -123,7 +123,11 @@ def _cmd_study(args: argparse.Namespace) -> None:
     check_writable_dir(Path(cfg.output_dir), "output_dir")
     run_dir = run_study(cfg, overwrite=args.overwrite, resume=args.resume)
     if is_main():
-        console.print(f"report: {run_dir / 'report.md'}")
+        from medssl.report.report import write_report
+
+        report_figures(run_dir)
+        write_report(run_dir)
+        console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
@@ -167,7 +171,28 @@ def _has_checkpoint(run_dir: Path) -> bool:
 def _cmd_report(args: argparse.Namespace) -> None:
     from medssl.report.report import write_report
 
-    console.print(f"report: {write_report(Path(args.run_dir))}")
+    run_dir = Path(args.run_dir)
+    report_figures(run_dir)
+    console.print(f"report: {write_report(run_dir)} and {run_dir / 'report.html'}")
+
+
+def report_figures(run_dir: Path) -> None:
+    """What the report shows but cannot compute from results alone (it never loads a model): each
+    study's feature embedding and, for restorative methods, its corruption/restoration grid."""
+    from medssl.config import load_config
+    from medssl.inspection.corruption_grid import show_corruptions
+    from medssl.methods import METHODS
+    from medssl.studies.embedding import study_dirs, write_embedding
+
+    if not (run_dir / "results.jsonl").is_file():
+        return  # read_results names the missing file
+    for study in study_dirs(run_dir):
+        write_embedding(study)
+        cfg = load_config(study / "config.yaml")
+        grid, trained = study / "corruptions.png", study / "pretrain" / "checkpoint.safetensors"
+        restores = hasattr(METHODS.get(cfg.pretrain.method, (None,))[0], "restore")
+        if cfg.task == "classification" and restores and trained.is_file() and not grid.is_file():
+            show_corruptions(None, [], grid, checkpoint=str(study))
 
 
 def _cmd_data(args: argparse.Namespace) -> None:

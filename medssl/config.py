@@ -149,6 +149,9 @@ class PretrainConfig:
     warmup_epochs: Annotated[float, AT_LEAST_0] = 2.0
     method_args: dict[str, Any] = field(default_factory=dict)  # checked against the method's config
     checkpoint: str | None = None  # an encoder .safetensors to evaluate instead of pretraining
+    # cross-dataset pretraining: the unlabelled pool is this MedMNIST flag's training split (or every
+    # image under this folder) instead of the study's own training images; resized to data.size
+    dataset: str | None = None
     # wall-clock budget: stop after the step that passes it (the learning-rate schedule is still
     # planned for `epochs`); for same-budget method comparisons
     max_seconds: Annotated[float | None, POSITIVE] = None
@@ -171,6 +174,9 @@ class FinetuneConfig:
     min_steps: Annotated[int, AT_LEAST_0] = 50  # small subsets still get this many optimisation steps
     knn: bool = True  # kNN and linear probe on frozen features (per init, fraction and seed)
     knn_k: Annotated[int, AT_LEAST_1] = 20
+    # second test sets with the same classes (MedMNIST flags, or "flag=path.npz"): every fine-tuned
+    # model is also scored on their test split (row keys "<metric>@<name>")
+    extra_test: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -7,7 +7,8 @@ from medssl.report.report import summarise, write_report
 
 
 def rows():
-    out = [{"protocol": "pretrain", "steps": 10, "seconds": 5.0, "img_per_s": 100.0}]
+    out = [{"protocol": "pretrain", "steps": 10, "seconds": 5.0, "img_per_s": 100.0, "method": "simclr",
+            "dataset": "breastmnist"}]
     for seed, (a_ssl, a_scr) in enumerate([(0.8, 0.6), (0.9, 0.7)]):
         for init, auc in (("ssl", a_ssl), ("scratch", a_scr)):
             out.append({"protocol": "finetune", "init": init, "fraction": 0.1, "seed": seed,
@@ -27,9 +28,10 @@ def test_report_and_plot_from_results_alone(tmp_path):
     (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows()) + "\n")
     text = write_report(tmp_path).read_text()
     assert "SSL − scratch = +0.200" in text
-    assert "| 0.1 | ssl | 2 | 0.850 ± 0.071 |" in text
-    assert "pretraining: 10 steps" in text
-    assert (tmp_path / "label_efficiency.png").stat().st_size > 1000
+    assert "| 10% | fine-tuned | simclr |  | 2 | 0.850 ± 0.071 |" in text
+    assert "this run saved no predictions" in text  # no intervals without them
+    assert "| breastmnist | simclr | 10 | 5 | 100 | 4 |" in text  # compute: pretraining and 4 fine-tunes
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
 
 
 def test_bad_results_file_names_the_line(tmp_path):

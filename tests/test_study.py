@@ -36,7 +36,8 @@ def tiny_study(tmp_path, capsys, name="tiny"):
 def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path, capsys, monkeypatch,
                                                                          data_dir):
     run = tiny_study(tmp_path, capsys, "a")
-    for f in ["config.yaml", "results.jsonl", "report.md", "label_efficiency.png",
+    for f in ["config.yaml", "results.jsonl", "report.md", "report.html",
+              "figures/breastmnist_label_efficiency.png",
               "pretrain/encoder.safetensors", "pretrain/log.jsonl",
               "finetune/ssl_f0.1_s0/subset_indices.json"]:
         assert (run / f).is_file(), f
@@ -61,7 +62,7 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     subset = json.loads((run / "finetune/ssl_f0.1_s0/subset_indices.json").read_text())
     assert len(subset["indices"]) == 55 and subset["fraction"] == 0.1  # 15 malignant + 40 benign
     report = (run / "report.md").read_text()
-    assert "SSL − scratch" in report and "| 0.1 | ssl | 2 |" in report
+    assert "SSL − scratch" in report and "| 10% | fine-tuned | simclr | 55 | 2 |" in report
 
     # The same study killed twice (mid-pretraining, then in the third cell) and resumed equals it
     b = resumed_study(tmp_path, monkeypatch)

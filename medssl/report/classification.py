@@ -235,6 +235,7 @@ def dataset_blocks(ds: Dataset, out: Path) -> list[Block]:
             )
         )
     blocks += _delta_blocks(ds, fractions, arms)
+    blocks += _second_test_blocks(ds, fractions, arms)
     if ds.binary:
         blocks += _operating_point_blocks(ds, fractions, arms)
     blocks += _figure_blocks(ds, fractions, arms, out)
@@ -290,6 +291,24 @@ def _delta_blocks(ds: Dataset, fractions: list[float], arms: list[str]) -> list[
         ),
         ("table", header, rows),
     ]
+
+
+def _second_test_blocks(ds: Dataset, fractions: list[float], arms: list[str]) -> list[Block]:
+    """``finetune.extra_test``: the same fine-tuned models scored on a second test set."""
+    names = sorted({k.split("@", 1)[1] for g in ds.groups.values() for r in g.rows.values()
+                    for k in r if k.startswith("auc@")})
+    rows = []
+    for name in names:
+        for f in fractions:
+            for arm in arms:
+                g = ds.groups.get((arm, "finetune", f))
+                if g and _metric(g, f"auc@{name}"):
+                    rows.append([name, f"{f:.0%}", arm, str(len(g.rows)), fmt(_metric(g, "auc")),
+                                 fmt(_metric(g, f"auc@{name}")), fmt(_metric(g, f"acc@{name}"))])
+    if not rows:
+        return []
+    header = ["second test set", "fraction", "arm", "seeds", f"AUC on {ds.name}", "AUC there", "acc there"]
+    return [("h3", f"{ds.name}: second test sets"), ("table", header, rows)]
 
 
 def _operating_point_blocks(ds: Dataset, fractions: list[float], arms: list[str]) -> list[Block]:

@@ -1,4 +1,5 @@
-"""``results.jsonl`` -> ``report.md`` (mean ± std over seeds) and a label-efficiency plot."""
+"""``results.jsonl`` -> ``report.md`` and ``report.html`` (classification: ``report.classification``;
+segmentation: ``report.segmentation``)."""
 
 from __future__ import annotations
 
@@ -51,22 +52,6 @@ def _fmt(stat: tuple[float, float, int]) -> str:
     return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
-def _table(summary: dict, protocol: str) -> list[str]:
-    keys = sorted(k for k in summary if k[0] == protocol)
-    if not keys:
-        return []
-    metrics = [m for m in METRICS if any(m in summary[k] for k in keys)]
-    head = ["fraction", "init", "seeds", *metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key in sorted(keys, key=lambda k: (k[2], k[1] != "ssl")):
-        s = summary[key]
-        n = next(iter(s.values()))[2]
-        cells = [f"{key[2]:g}", key[1], str(n)]
-        cells += [_fmt(s[m]) if m in s else "" for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
 def _delta_lines(summary: dict) -> list[str]:
     """SSL minus scratch fine-tuning AUC per fraction: the number a user came for."""
     lines = []
@@ -79,38 +64,6 @@ def _delta_lines(summary: dict) -> list[str]:
                          f"(SSL {_fmt(ssl['auc'])}, scratch {_fmt(scr['auc'])}, "
                          f"{n} seed{'s' if n > 1 else ''})")
     return lines
-
-
-def plot_label_efficiency(summary: dict, path: Path, metric: str = "auc") -> None:
-    """Metric vs label fraction: one line per (protocol, init), std over seeds as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {"finetune": "-", "linear": "--", "knn": ":"}
-    for protocol in PROTOCOLS:
-        for init in sorted({k[1] for k in summary if k[0] == protocol}):
-            keys = sorted(k for k in summary if k[:2] == (protocol, init) and metric in summary[k])
-            if not keys:
-                continue
-            x = [k[2] for k in keys]
-            y = [summary[k][metric][0] for k in keys]
-            e = [summary[k][metric][1] for k in keys]
-            ax.errorbar(x, y, yerr=e, linestyle=styles[protocol], marker="o", capsize=3,
-                        color="C0" if init == "ssl" else "C1", label=f"{init} / {protocol}")
-    ax.set_xscale("log")
-    fractions = sorted({k[2] for k in summary})
-    ax.set_xticks(fractions, [f"{f:.0%}" if f >= 0.01 else f"{f:.1%}" for f in fractions])
-    ax.minorticks_off()
-    ax.set_xlabel("fraction of labelled training images")
-    ax.set_ylabel(f"test {metric.upper()}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(run_dir: Path) -> Path:

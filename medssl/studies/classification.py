@@ -6,6 +6,7 @@ Cell directory: ``finetune/<init>_f<fraction>_s<seed>/`` with ``subset_indices.j
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from medssl.data.types import ClassificationData, PretrainData
 from medssl.engine import resolve_channels_last, seed_everything
 from medssl.engine.compute import count_params, flops_per_sample, peak_memory_mb, reset_peak_memory
 from medssl.errors import MedsslError
-from medssl.eval.finetune import Classifier, finetune
+from medssl.eval.finetune import Classifier, finetune, predict_proba
 from medssl.eval.metrics import classification_metrics, multilabel_metrics, operating_points
 from medssl.eval.probes import extract_features, knn_vote, knn_vote_multilabel, linear_predict
 from medssl.io import atomic_write
@@ -40,6 +41,9 @@ class ClassificationTask:
         if data.num_classes == 2 and cfg.data.positive_class not in (0, 1):
             raise MedsslError(f"data.positive_class must be 0 or 1, got {cfg.data.positive_class}")
         build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)  # unknown names fail here
+        extra_tests(cfg, data)  # second test sets and a cross-dataset pool are checked before any write
+        if cfg.pretrain.dataset:
+            self.pretrain_pool(cfg, data, {})
         return data
 
     def info(self, cfg: StudyConfig, data: ClassificationData) -> dict[str, Any]:
@@ -50,7 +54,9 @@ class ClassificationTask:
         return {0: None}  # the dataset's own train/val/test split
 
     def pretrain_pool(self, cfg: StudyConfig, data: ClassificationData, folds: dict | None) -> PretrainData:
-        return data.pretrain_data()  # the training images, never val or test
+        if not cfg.pretrain.dataset:
+            return data.pretrain_data()  # the training images, never val or test
+        return cross_pool(cfg, data)
 
     def needs_checkpoint(self, cfg: StudyConfig) -> bool:
         return False
@@ -99,6 +105,11 @@ class ClassificationTask:
         sample = data.test.images[:1].to(device).float() / 255
         compute = {"params": count_params(model), "flops_per_sample": flops_per_sample(model, sample),
                    "peak_mem_mb": round(peak_memory_mb(device), 1)}
+        for name, other in extra_tests(cfg, data).items():  # the same model on a second test set
+            p = predict_proba(model, other.test.images, precision=precision)
+            predictions[f"finetune_test@{name}"], predictions[f"test_y@{name}"] = p, other.test.labels.numpy()
+            metrics.update({f"{k}@{name}": v for k, v in classification_metrics(
+                other.test.labels.numpy(), p, cfg.data.positive_class, task=data.task).items()})
         rows.append({"protocol": "finetune", **base, **metrics, **score(cfg, data, p_val, p_test), **compute})
         save_predictions(run_dir / "predictions.npz", predictions)
         return rows
@@ -128,6 +139,39 @@ def save_predictions(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez_compressed(fh, **{k: np.asarray(v, np.float32 if k.endswith(("_val", "_test")) else None)
                                        for k, v in arrays.items()})
     atomic_write(path, write)
+
+
+def cross_pool(cfg: StudyConfig, data: ClassificationData) -> PretrainData:
+    """``pretrain.dataset``: another MedMNIST flag's training images, or a folder, at this study's size."""
+    from medssl.data.pool import folder_pool, resize_batch
+
+    name = cfg.pretrain.dataset
+    if Path(os.path.expandvars(name)).expanduser().is_dir():
+        pool = folder_pool(Path(os.path.expandvars(name)).expanduser(), data.size, storage=cfg.data.storage,
+                           workers=cfg.data.workers)
+    else:
+        pool = load_medmnist(name, storage=cfg.data.storage).pretrain_data()  # its 28 px file
+        images = resize_batch(pool.images, data.size)
+        pool = PretrainData(images, pool.spatial_dims, pool.in_channels, data.size)
+    if (pool.spatial_dims, pool.in_channels) != (data.spatial_dims, data.in_channels):
+        raise MedsslError(f"pretrain.dataset={name}: {pool.spatial_dims}D images with {pool.in_channels} "
+                          f"channel(s), but {data.name} has {data.spatial_dims}D with {data.in_channels}")
+    return pool
+
+
+def extra_tests(cfg: StudyConfig, data: ClassificationData) -> dict[str, ClassificationData]:
+    """``finetune.extra_test``: second test sets (``flag`` or ``flag=path``) with this data's classes."""
+    out = {}
+    for entry in cfg.finetune.extra_test:
+        flag, _, path = entry.partition("=")
+        other = load_medmnist(flag, data.size, path or None, storage=cfg.data.storage)
+        if (other.num_classes, other.spatial_dims, other.in_channels) != \
+                (data.num_classes, data.spatial_dims, data.in_channels):
+            raise MedsslError(f"finetune.extra_test={entry}: {other.num_classes} classes, "
+                              f"{other.spatial_dims}D, {other.in_channels} channel(s); {data.name} has "
+                              f"{data.num_classes}, {data.spatial_dims}D, {data.in_channels}")
+        out[Path(path).stem if path else flag] = other
+    return out
 
 
 def _load(cfg: StudyConfig) -> ClassificationData:

@@ -14,6 +14,7 @@ from medssl.data.loaders import TensorBatches
 from medssl.data.types import PretrainData
 from medssl.engine import fit, resolve_channels_last, resolve_device, resolve_precision, seed_everything
 from medssl.engine.checkpoint import save_weights
+from medssl.engine.compute import count_params, flops_per_sample, peak_memory_mb
 from medssl.engine.dist import barrier, is_main
 from medssl.methods import create_method
 from medssl.registry import create_backbone
@@ -63,5 +64,8 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
         console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
                     f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
     barrier()
+    sample = data.images[:1].to(device).float() / 255
     return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,
-            "last_loss": result.last_loss, "pool": len(data)}
+            "last_loss": result.last_loss, "pool": len(data), "params": count_params(backbone),
+            "pretext_params": count_params(model), "flops_per_sample": flops_per_sample(backbone, sample),
+            "peak_mem_mb": round(peak_memory_mb(device), 1)}

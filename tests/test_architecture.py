@@ -112,10 +112,18 @@ def _imports_from(prefix: str) -> dict[str, set[str]]:
     ("medssl.models", ("medssl.methods", "medssl.engine", "medssl.data", "medssl.studies", "medssl.eval")),
     ("medssl.engine", ("medssl.methods", "medssl.data", "medssl.studies", "medssl.report", "medssl.eval")),
     ("medssl.data", ("medssl.engine", "medssl.models", "medssl.methods", "medssl.studies", "medssl.report")),
+    ("medssl.stats", ("medssl.models", "medssl.methods", "medssl.engine", "medssl.data", "medssl.studies",
+                      "medssl.report", "medssl.eval", "medssl.inspection", "medssl.registry",
+                      "medssl.losses")),
 ])
 def test_lower_layers_do_not_import_upper_ones(layer, forbidden):
     bad = {m: sorted(d for d in deps if d.startswith(forbidden)) for m, deps in _imports_from(layer).items()}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_only_the_cli_imports_export():
+    users = {m for m, deps in GRAPH.items() if "medssl.export" in deps}
+    assert users <= {"medssl.cli"}
 
 
 def test_only_the_cli_imports_inspection():

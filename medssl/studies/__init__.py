@@ -9,30 +9,16 @@ more module and one more entry in ``TASKS``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from medssl.config import StudyConfig
 from medssl.data.pool import folder_pool
 from medssl.data.types import PretrainData
 from medssl.errors import MedsslError
 from medssl.methods import method_config
-from medssl.studies.classification import ClassificationTask
-from medssl.studies.grid import Cell, Pretrained, Task, check_grid, run_grid
+from medssl.studies.grid import Cell, Pretrained, Task, run_grid
 from medssl.studies.pretrain import build_backbone, pretrain, runtime
-from medssl.studies.segmentation import SegmentationTask
-
-TASKS: dict[str, Task] = {"classification": ClassificationTask(), "segmentation": SegmentationTask()}
-
-
-def task_for(cfg: StudyConfig) -> Task:
-    if cfg.task not in TASKS:
-        raise MedsslError(f"task must be one of {', '.join(sorted(TASKS))}, got '{cfg.task}'")
-    return TASKS[cfg.task]
-
-
-def check_study(cfg: StudyConfig) -> Any:
-    """Check config and data before any file is written; return the task's data."""
-    return check_grid(cfg, task_for(cfg))
+from medssl.studies.sweep import run_grid_config
+from medssl.studies.tasks import TASKS, check_study, task_for
 
 
 def pretrain_pool(cfg: StudyConfig) -> PretrainData:
@@ -54,8 +40,6 @@ def run_study(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -
     """Run study ``cfg`` (pretrain once, then every grid cell; with a ``grid`` section, one study per
     dataset x method, reported together); return the finished run directory."""
     if cfg.grid.datasets or cfg.grid.methods:
-        from medssl.studies.sweep import run_grid_config
-
         return run_grid_config(cfg, overwrite, resume)
     return run_grid(cfg, task_for(cfg), overwrite, resume)
 

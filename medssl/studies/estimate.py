@@ -74,7 +74,7 @@ def _cycle(batches: TensorBatches, n: int):
 def plan(cfg: StudyConfig) -> list[Planned]:
     """Every pretraining and fine-tuning cell of a classification study, with its estimated cost."""
     from medssl.data.subsets import label_fraction_indices
-    from medssl.studies import check_study
+    from medssl.studies.tasks import check_study
 
     data = check_study(cfg)
     pool = data.pretrain_data()

@@ -14,6 +14,9 @@ from pathlib import Path
 from medssl.config import StudyConfig, apply_overrides, from_dict, save_config, to_dict
 from medssl.errors import MedsslError
 from medssl.io import atomic_write
+from medssl.report.report import write_report
+from medssl.studies.grid import run_grid
+from medssl.studies.tasks import check_study, task_for
 
 
 def grid_studies(cfg: StudyConfig) -> list[StudyConfig]:
@@ -39,9 +42,6 @@ def grid_studies(cfg: StudyConfig) -> list[StudyConfig]:
 
 def run_grid_config(cfg: StudyConfig, overwrite: bool = False, resume: bool = False) -> Path:
     """Run every study of the grid (finished ones are kept with ``resume``); merge and report."""
-    from medssl.report.report import write_report
-    from medssl.studies import check_study, run_study
-
     studies = grid_studies(cfg)
     for study in studies:
         check_study(study)  # every dataset and method is checked before anything runs
@@ -56,7 +56,7 @@ def run_grid_config(cfg: StudyConfig, overwrite: bool = False, resume: bool = Fa
     for study in studies:
         final = root / study.name
         if not (resume and (final / "results.jsonl").is_file()):
-            final = run_study(study, overwrite=True, resume=resume)
+            final = run_grid(study, task_for(study), overwrite=True, resume=resume)
         lines += [line for line in (final / "results.jsonl").read_text().splitlines() if line.strip()]
     atomic_write(root / "results.jsonl", lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in lines)))
     write_report(root)

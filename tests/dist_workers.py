@@ -127,3 +127,17 @@ def train_cuda(rank: int, world: int, store: Path, out: Path, names: list[str]) 
         state = {k: v.cpu() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         torch.save(state, out / f"{name}_{rank}.pt")
     dist.destroy_process_group()
+
+
+def resume(rank: int, world: int, store: Path, out: Path) -> None:
+    """Under the group: an uninterrupted run, and a run stopped after its first step (max_seconds)
+    then resumed from rank 0's checkpoint; every rank saves both final states."""
+    start(rank, world, store)
+    spec = PretrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0)
+    for name, kwargs in (("full", [{}]), ("cut", [{"max_seconds": 1e-9}, {"resume": True}])):
+        for kw in kwargs:
+            seed_everything(0)
+            model, x = BUILDERS["linear"]()
+            fit(model, TensorBatches(x, None, 8, seed=3), spec, out / name, log_every=1, **kw)
+        torch.save(model.state_dict(), out / f"{name}_{rank}.pt")
+    dist.destroy_process_group()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from dist_workers import BUILDERS, LOSSES, losses, pair, run, train
+from dist_workers import BUILDERS, LOSSES, losses, pair, resume, run, train
 
 from medssl.data.loaders import TensorBatches
 from medssl.errors import MedsslError
@@ -58,6 +58,18 @@ def test_two_processes_train_like_one_on_the_global_batch(trained, tmp_path):
         two = torch.load(trained / f"linear_{r}.pt", weights_only=True)
         for k in one:
             torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6, msg=f"{k} rank {r}")
+
+
+def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_ends(tmp_path):
+    """Rank 0 reads the checkpoint and every rank takes its weights, optimizer state and step."""
+    mp.spawn(resume, args=(WORLD, tmp_path / "store", tmp_path), nprocs=WORLD)
+    logs = [json.loads(x) for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2, 3, 4, 5, 6]  # stopped after 1, resumed
+    full = torch.load(tmp_path / "full_0.pt", weights_only=True)
+    for r in range(WORLD):
+        cut = torch.load(tmp_path / f"cut_{r}.pt", weights_only=True)
+        for k in full:
+            torch.testing.assert_close(cut[k], full[k], rtol=1e-5, atol=1e-6, msg=f"{k} rank {r}")
 
 
 def test_gradient_accumulation_takes_the_same_step(tmp_path):

@@ -180,7 +180,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     scaler = grad_scaler(device, precision)
     state = _resume(inner, optimizer, scaler, run_dir) if resume else {"step": 0, "elapsed": 0.0}
     if is_distributed() and resume:  # rank 0 read the checkpoint: every rank takes it
-        state = _broadcast_state(inner, optimizer, state)
+        state = _broadcast_state(inner, optimizer, scaler, state)
     if is_distributed():
         _seed_per_rank()
     step, elapsed = state["step"], state["elapsed"]
@@ -303,14 +303,18 @@ def _broadcast_tensors(model: nn.Module) -> None:
             torch.distributed.broadcast(t, src=0)
 
 
-def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                      state: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0's resumed weights, optimizer state and step on every rank."""
-    box = [state if is_main() else None, optimizer.state_dict() if is_main() else None]
+    """Rank 0's resumed weights, optimizer and loss-scaler state and step on every rank (DDP averages
+    the scaled gradients, so every rank must scale by the same factor)."""
+    mine = [state, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None]
+    box = mine if is_main() else [None, None, None]
     torch.distributed.broadcast_object_list(box, src=0)
     _broadcast_tensors(model)
     if not is_main():
         optimizer.load_state_dict(box[1])
+        if scaler is not None and box[2]:
+            scaler.load_state_dict(box[2])
     return box[0]
 
 

@@ -230,8 +230,10 @@ class GridConfig:
     dataset (in its first method's study)."""
 
     datasets: list[str] = field(default_factory=list)  # MedMNIST flags; empty: no grid
-    methods: list[str] = field(default_factory=list)  # pretext methods (combinations included)
-    # per-dataset `--set` overrides, e.g. {adrenalmnist3d: ["model.backbone=resnet10"]}
+    # pretext methods; "genesis+simclr" is their combination with equal loss weights
+    methods: list[str] = field(default_factory=list)
+    # `--set` overrides per dataset, per method or per "dataset/method" (applied in that order), e.g.
+    # {adrenalmnist3d: ["model.backbone=resnet10"], genesis+simclr: ["pretrain.method_args={...}"]}
     overrides: dict[str, list[str]] = field(default_factory=dict)
 
 

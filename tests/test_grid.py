@@ -72,6 +72,29 @@ def test_a_grid_runs_every_dataset_and_method_and_reports_them_together(tmp_path
     assert (root / "breastmnist_simclr" / "embedding.npz").is_file()
 
 
+def test_grid_studies_take_combinations_and_overrides_by_dataset_and_method(tmp_path, data):
+    from medssl.config import load_config
+    from medssl.errors import MedsslError
+    from medssl.studies.sweep import grid_studies
+
+    cfg = load_config("configs/demo.yaml", [
+        "grid.datasets=[breastmnist, pneumoniamnist]", "grid.methods=[simclr, genesis+simclr]",
+        "grid.overrides={pneumoniamnist: [model.width=0.25], genesis+simclr: [pretrain.epochs=3], "
+        "breastmnist/simclr: [pretrain.epochs=7]}"])
+    studies = {s.name: s for s in grid_studies(cfg)}
+    assert list(studies) == ["breastmnist_simclr", "breastmnist_genesis+simclr", "pneumoniamnist_simclr",
+                             "pneumoniamnist_genesis+simclr"]
+    combo = studies["pneumoniamnist_genesis+simclr"]
+    assert combo.pretrain.method == "combo" and combo.pretrain.method_args == {
+        "weights": {"genesis": 1.0, "simclr": 1.0}}
+    assert (combo.pretrain.epochs, combo.model.width, combo.finetune.inits) == (3, 0.25, ["ssl"])
+    assert studies["breastmnist_simclr"].pretrain.epochs == 7  # dataset/method, after the others
+    assert studies["pneumoniamnist_simclr"].pretrain.epochs == 150  # demo.yaml's
+    cfg.grid.overrides["chestmnist"] = ["model.width=1"]
+    with pytest.raises(MedsslError, match=r"grid\.overrides: chestmnist is not a dataset"):
+        grid_studies(cfg)
+
+
 def test_a_dry_run_lists_every_cell_with_a_measured_cost_and_writes_nothing(tmp_path, data, capsys):
     grid = ["name=d", "grid.datasets=[breastmnist]", "grid.methods=[simclr, denoising]",
             "finetune.fractions=[0.5, 1.0]", "finetune.seeds=[0, 1]"]

@@ -24,7 +24,7 @@ from medssl.eval.metrics import classification_metrics, multilabel_metrics, oper
 from medssl.eval.probes import extract_features, knn_vote, knn_vote_multilabel, linear_predict
 from medssl.io import atomic_write
 from medssl.studies.grid import Cell, Pretrained
-from medssl.studies.pretrain import build_backbone, runtime
+from medssl.studies.pretrain import build_backbone, method_label, runtime
 from medssl.transforms.augment import light_augment
 
 SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression", "multi-label, binary-class")
@@ -47,7 +47,7 @@ class ClassificationTask:
         return data
 
     def info(self, cfg: StudyConfig, data: ClassificationData) -> dict[str, Any]:
-        return {"dataset": data.name, "method": cfg.pretrain.method, "backbone": cfg.model.backbone,
+        return {"dataset": data.name, "method": method_label(cfg), "backbone": cfg.model.backbone,
                 "width": cfg.model.width}
 
     def folds(self, cfg: StudyConfig, data: ClassificationData, work: Path) -> dict[int, None]:

@@ -22,6 +22,13 @@ from medssl.registry import create_backbone
 console = Console(stderr=True)
 
 
+def method_label(cfg: StudyConfig) -> str:
+    """The method's name in results: a combination is named by its tasks (``genesis+simclr``)."""
+    if cfg.pretrain.method == "combo" and cfg.pretrain.method_args.get("weights"):
+        return "+".join(cfg.pretrain.method_args["weights"])
+    return cfg.pretrain.method
+
+
 def build_backbone(model: ModelConfig, spatial_dims: int, in_channels: int, size: int) -> torch.nn.Module:
     """The registered backbone ``model.backbone`` at ``model.width`` for this data's geometry."""
     return create_backbone(model.backbone, spatial_dims, in_channels, width=model.width, img_size=size)

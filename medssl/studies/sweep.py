@@ -23,19 +23,28 @@ def grid_studies(cfg: StudyConfig) -> list[StudyConfig]:
     """The study of every (dataset, method) of ``cfg.grid``, in order, each checked like a config."""
     if not cfg.grid.datasets or not cfg.grid.methods:
         raise MedsslError("grid: needs datasets and methods (or remove the grid section)")
-    unknown = set(cfg.grid.overrides) - set(cfg.grid.datasets)
+    keys = {*cfg.grid.datasets, *cfg.grid.methods,
+            *(f"{d}/{m}" for d in cfg.grid.datasets for m in cfg.grid.methods)}
+    unknown = sorted(set(cfg.grid.overrides) - keys)
     if unknown:
-        raise MedsslError(f"grid.overrides: {sorted(unknown)[0]} is not in grid.datasets")
+        raise MedsslError(f"grid.overrides: {unknown[0]} is not a dataset, a method or a dataset/method "
+                          "of the grid")
     studies = []
     for dataset in cfg.grid.datasets:
         for i, method in enumerate(cfg.grid.methods):
             d = to_dict(cfg)
             d.pop("grid")
             d.update(name=f"{dataset}_{method}", output_dir=str(Path(cfg.output_dir) / cfg.name))
-            d["data"]["dataset"], d["pretrain"]["method"] = dataset, method
+            d["data"]["dataset"] = dataset
+            if "+" in method:  # a weighted combination, equal weights unless overridden
+                d["pretrain"]["method"] = "combo"
+                d["pretrain"]["method_args"] = {"weights": dict.fromkeys(method.split("+"), 1.0)}
+            else:
+                d["pretrain"]["method"] = method
             if i > 0:  # scratch does not depend on the method: trained once per dataset
                 d["finetune"]["inits"] = [x for x in d["finetune"]["inits"] if x != "scratch"]
-            apply_overrides(d, [*cfg.grid.overrides.get(dataset, [])])
+            for key in (dataset, method, f"{dataset}/{method}"):
+                apply_overrides(d, [*cfg.grid.overrides.get(key, [])])
             studies.append(from_dict(StudyConfig, d, f"grid {dataset} x {method}"))
     return studies
 

@@ -83,6 +83,9 @@ def test_tiny_3d_hippocampus_study(tmp_path, capsys, data_dir):
         assert all((run / p).is_file() for p in r["overlays"])
     report = (run / "report.md").read_text()
     assert "SSL − scratch" in report and "Dice anterior" in report and "![" in report
+    html = (run / "report.html").read_text()  # the same report, overlays embedded, nothing fetched
+    assert "<th>Dice anterior</th>" in html
+    assert html.count("src='data:image/png;base64,") == report.count("![")
     assert not (tmp_path / "h.incomplete").exists()
 
 

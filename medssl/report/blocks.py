@@ -55,6 +55,40 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
     return "\n".join(lines)
 
 
+def from_markdown(text: str, base: Path) -> list[Block]:
+    """The blocks of Markdown written in this module's subset (headings, paragraphs, ``- `` lists,
+    pipe tables, ``![caption](path)`` images relative to ``base``)."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif m := re.match(r"(#{1,3}) (.*)", line):
+            blocks.append((f"h{len(m.group(1))}", m.group(2)))
+            i += 1
+        elif m := re.match(r"!\[(.*)\]\((.*)\)$", line.strip()):
+            blocks.append(("img", base / m.group(2), m.group(1)))
+            i += 1
+        elif line.startswith("|"):
+            table = []
+            while i < len(lines) and lines[i].startswith("|"):
+                table.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            blocks.append(("table", table[0], [r for r in table[2:]]))
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(lines[i][2:])
+                i += 1
+            blocks.append(("list", items))
+        else:
+            blocks.append(("p", line))
+            i += 1
+    return blocks
+
+
 def to_html(blocks: list[Block], title: str) -> str:
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -1,5 +1,6 @@
-"""The segmentation part of ``report.md``: Dice/IoU/HD95 per class, mean ± std over seeds and folds,
-SSL − scratch Dice per label fraction, overlay PNGs. Reads ``results.jsonl`` rows only."""
+"""The segmentation report (``report.md`` and ``report.html``): Dice/IoU/HD95 per class, mean ± std
+over seeds and folds, SSL − scratch Dice per label fraction, overlay PNGs. Reads ``results.jsonl``
+rows only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medssl.io import atomic_write
+from medssl.report.blocks import from_markdown, to_html
 
 EMPTY_RULE = ("Per case and class: a structure in only one of prediction and ground truth (missed or "
               "false positive) scores Dice 0, IoU 0 and HD95 = the image diagonal; a class in neither "
@@ -116,6 +120,9 @@ def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path
                      f"{sum(r.get('test_seconds', 0) for r in seg):.0f} s testing")
     if study:
         lines.append(f"- whole study: {study['seconds']:.0f} s")
+    text = "\n".join(lines) + "\n"
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    html = to_html(from_markdown(text, run_dir), name)  # the same content, images embedded
+    atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(html))
     return path

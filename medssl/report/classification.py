@@ -13,6 +13,7 @@ What the numbers mean (also written at the top of every report):
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,8 +437,10 @@ def _figure_blocks(ds: Dataset, fractions: list[float], arms: list[str], out: Pa
                 )
             )
         grid = sdir / "corruptions.png"
-        if grid.is_file():
-            blocks.append(("img", grid, f"{ds.name}: what the {method} pretext task shows the network"))
+        if grid.is_file():  # copied beside the other figures: the report folder travels alone
+            shutil.copyfile(grid, out / f"{ds.name}_{method}_corruptions.png")
+            blocks.append(("img", out / f"{ds.name}_{method}_corruptions.png",
+                           f"{ds.name}: the {method} corruptions and its restorations (test images)"))
     return blocks
 
 

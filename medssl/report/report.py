@@ -81,9 +81,17 @@ def write_report(run_dir: Path) -> Path:
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
     blocks = report_blocks(run_dir, rows, figures)
-    summary = summarise(rows)
-    if summary:  # the one-line-per-fraction answer, kept at the top of report.md
-        answer = [x.removeprefix("- ") for x in _delta_lines(summary)] or ["(no pair)"]
+    answer = []  # the one line per dataset, method and fraction a user came for, at the top
+    for dataset in dict.fromkeys(r["dataset"] for r in rows if r.get("protocol") in PROTOCOLS):
+        scratch = [r for r in rows if r.get("dataset") == dataset and r.get("init") == "scratch"]
+        for method in dict.fromkeys(r["method"] for r in rows if r.get("dataset") == dataset
+                                    and r.get("init") == "ssl"):
+            ssl = [r for r in rows if r.get("dataset") == dataset and r.get("method") == method
+                   and r.get("init") == "ssl"]
+            prefix = f"{dataset}, {method}, " if len({r["dataset"] for r in rows if "dataset" in r}) > 1 \
+                or len({r.get("method") for r in rows if r.get("init") == "ssl"}) > 1 else ""
+            answer += [prefix + x.removeprefix("- ") for x in _delta_lines(summarise(ssl + scratch))]
+    if answer:
         blocks[2:2] = [("h2", "SSL vs scratch (fine-tuned AUC)"), ("list", answer)]
     path = run_dir / "report.md"
     atomic_write(path, lambda tmp: Path(tmp).write_text(to_markdown(blocks, run_dir)))

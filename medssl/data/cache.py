@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from medssl.errors import MedsslError
 
 STORAGES = ("auto", "memory", "disk")
 CACHE_ENV = "MEDSSL_CACHE_DIR"
+_MAPS: list[np.memmap] = []  # the open disk caches, for :func:`release`
 
 
 def cache_root() -> Path:
@@ -88,12 +90,15 @@ def _fill(out: np.ndarray, read: Callable[[int], np.ndarray], workers: int) -> N
     """``out[i] = read(i)`` for every i, reading in ``workers`` processes (0: this one)."""
     loader = DataLoader(_Items(read, len(out)), batch_size=None, num_workers=workers,
                         collate_fn=lambda item: item)
+    every = max(1, (64 << 20) // max(1, out[0].nbytes))  # items per 64 MiB
     for i, item in loader:
         item = np.asarray(item)
         if item.shape != out.shape[1:] or item.dtype != np.uint8:
             raise MedsslError(f"item {i}: preprocessed to {item.dtype} {item.shape}, expected uint8 "
                               f"{out.shape[1:]}")
         out[i] = item
+        if (i + 1) % every == 0:
+            drop_pages(out)
 
 
 def cached_stack(key: str, n: int, item_shape: Sequence[int], read: Callable[[int], np.ndarray], *,
@@ -131,4 +136,38 @@ def cached_array(key: str, shape: Sequence[int], fill: Callable[[np.ndarray], No
     if arr.shape != shape or arr.dtype != np.uint8:
         raise MedsslError(f"{path}: cached array is {arr.dtype} {arr.shape}, expected uint8 {shape}; "
                           "delete it to rebuild")
+    _MAPS.append(arr)
     return torch.from_numpy(arr)
+
+
+def drop_pages(out: np.ndarray) -> None:
+    """While a disk cache is written: flush what was written and drop it from the resident set (the
+    page cache keeps it), so building a file larger than RAM keeps memory flat."""
+    if isinstance(out, np.memmap) and hasattr(mmap, "MADV_DONTNEED"):
+        out.flush()
+        out._mmap.madvise(mmap.MADV_DONTNEED)
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` lies in a disk cache's memory map."""
+    return _map_of(t) is not None
+
+
+def release(t: torch.Tensor) -> None:
+    """Give back the resident pages of the memory map ``t`` lies in (``MADV_DONTNEED``): read pages
+    count in the process's resident set until released, so a training loop that releases after each
+    batch keeps its memory flat however large the file (the page cache still holds them)."""
+    m = _map_of(t)
+    if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+        m._mmap.madvise(mmap.MADV_DONTNEED)  # numpy keeps the mmap object there
+
+
+def _map_of(t: torch.Tensor) -> np.memmap | None:
+    if t.device.type != "cpu" or not _MAPS:
+        return None
+    ptr = t.data_ptr()
+    for m in _MAPS:
+        start = m.ctypes.data
+        if start <= ptr < start + m.nbytes:
+            return m
+    return None

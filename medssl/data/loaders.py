@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medssl.data.cache import is_mapped, release
 from medssl.errors import MedsslError
 from medssl.losses.distributed import rank as current_rank
 from medssl.losses.distributed import world_size as current_world
@@ -73,8 +74,12 @@ class TensorBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         batches = self._batches(epoch)[start:]
         if not self.workers:
+            mapped = is_mapped(self.images)
             for idx in batches:
-                yield self.batch(idx)
+                batch = self.batch(idx)
+                if mapped:  # keep the resident set flat however large the file (see cache.release)
+                    release(self.images)
+                yield batch
             return
         loader = DataLoader(_Gather(self.images, self.labels), batch_size=None, sampler=batches,
                             num_workers=self.workers, prefetch_factor=4,
@@ -109,4 +114,5 @@ class _Gather(Dataset):
     def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         ordered, back = idx.sort()  # ascending offsets: sequential pages of a memory-mapped file
         x = self.images[ordered][back.argsort()]
+        release(self.images)  # a no-op for in-memory images
         return x, None if self.labels is None else self.labels[idx]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medssl.data.cache import cache_key, cached_array, choose_storage
+from medssl.data.cache import cache_key, cached_array, choose_storage, drop_pages
 from medssl.data.medmnist_info import INFO
 from medssl.data.types import SPLITS, ClassificationData, Split
 from medssl.errors import MedsslError
@@ -315,6 +315,7 @@ def _stream_images(path: Path, key: str, where: str, info: dict, size: int) -> t
                 if rows.size != n * item:
                     raise MedsslError(f"{where}: truncated at image {start + rows.size // item}")
                 out[start:start + n] = _channel_first(rows.reshape(n, *shape[1:]), where, info, size)
+                drop_pages(out)
 
     name = cache_key([path], kind="medmnist", member=key, size=size, version=1)
     return cached_array(name, out_shape, fill, storage="disk")

@@ -4,6 +4,7 @@ cache, for folders (2D images, DICOM, NIfTI volumes), label CSVs and MedMNIST .n
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,31 @@ def test_dicom_series_folders_are_volumes_sorted_along_the_normal(tmp_path):
     for i, s in enumerate(("s1", "s2")):
         want = pad_or_crop(to_uint8(normalize_intensity(read_dicom_dir(tmp_path / "ct" / s)[0])), (5, 6, 4))
         assert np.array_equal(pool.images[i, 0].numpy(), want)
+
+
+def _rss_kib() -> int:
+    """Resident file-backed pages of this process (KiB; Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def test_batches_from_a_disk_cache_give_their_pages_back(tmp_path):
+    """A memory-mapped pool read batch by batch keeps the resident set flat: every page read counts
+    in it until released (the release runs after each batch)."""
+    from medssl.data.cache import is_mapped, release
+
+    n, item = 256, (1, 64, 64, 64)  # 64 MiB on disk
+    x = cached_stack("rss", n, item, lambda i: np.full(item, i % 251, np.uint8), storage="disk", workers=0)
+    assert is_mapped(x) and is_mapped(x[10:20]) and not is_mapped(torch.zeros(3, dtype=torch.uint8))
+    release(x)
+    before = _rss_kib()
+    assert int(x.sum()) > 0  # touches every page: +64 MiB resident
+    assert _rss_kib() - before > 60 * 1024
+    release(x)
+    assert _rss_kib() - before < 8 * 1024
+    seen = [b["image"][:, 0, 0, 0, 0].mul(255).round().int().tolist()
+            for b in TensorBatches(x, None, 32, seed=0).epoch(0)]
+    assert sorted(v for batch in seen for v in batch) == sorted(i % 251 for i in range(n))  # content intact
+    assert _rss_kib() - before < 16 * 1024  # flat after a whole epoch

@@ -29,7 +29,7 @@ def colour(arm: str, arms: list[str]) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=75, bbox_inches="tight")  # the HTML embeds them: keep it small
     _plt().close(fig)
     return path
 

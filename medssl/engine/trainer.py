@@ -165,15 +165,16 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         raise MedsslError(f"{desc}: batch size {data.batch_size} is not a multiple of engine.accumulate "
                           f"({accumulate}) x processes ({world_size()})")
     inner = unwrap(model)  # hooks and checkpoints; ``model`` itself runs the steps
+    wrapped = inner is not model
     if sync_bn:
         inner = sync_batchnorm(inner, device)
-    model = inner if model is unwrap(model) else model
+        model = model if wrapped else inner
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if inner is model and is_distributed():
-        model = wrap_ddp(TrainStep(inner), device)
-    step_fn = inner.training_step if inner is model else model
+    if not wrapped and is_distributed():
+        model, wrapped = wrap_ddp(TrainStep(inner), device), True
+    step_fn = model if wrapped else inner.training_step
     main = is_main()
     run_dir = run_dir if main else None  # rank 0 writes; the others train
     optimizer = make_optimizer(model, spec)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from sklearn.metrics import confusion_matrix
 
 from medssl.report import figures
 from medssl.report.blocks import Block
@@ -445,9 +446,7 @@ def _figure_blocks(ds: Dataset, fractions: list[float], arms: list[str], out: Pa
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    m = np.zeros((k, k), int)
-    np.add.at(m, (y.astype(int), pred.astype(int)), 1)
-    return m
+    return confusion_matrix(y.astype(int), pred.astype(int), labels=list(range(k)))
 
 
 def compute_blocks(rows: list[dict[str, Any]]) -> list[Block]:

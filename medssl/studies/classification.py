@@ -6,6 +6,7 @@ Cell directory: ``finetune/<init>_f<fraction>_s<seed>/`` with ``subset_indices.j
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from medssl.config import StudyConfig
-from medssl.data.medmnist import load_medmnist
+from medssl.data.medmnist import load_medmnist, resolve
 from medssl.data.subsets import label_fraction_indices, save_indices
 from medssl.data.types import ClassificationData, PretrainData
 from medssl.engine import resolve_channels_last, seed_everything
@@ -159,12 +160,23 @@ def cross_pool(cfg: StudyConfig, data: ClassificationData) -> PretrainData:
     return pool
 
 
+def _second_test_set(flag: str, size: int, path: str | None, storage: str) -> ClassificationData:
+    """Read once per file version: every cell of a study scores its model on the same test set."""
+    file = resolve(flag.lower(), size, path)
+    return _read_test_set(flag, size, str(file), file.stat().st_mtime_ns, storage)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_test_set(flag: str, size: int, file: str, mtime_ns: int, storage: str) -> ClassificationData:
+    return load_medmnist(flag, size, file, download=False, storage=storage)
+
+
 def extra_tests(cfg: StudyConfig, data: ClassificationData) -> dict[str, ClassificationData]:
     """``finetune.extra_test``: second test sets (``flag`` or ``flag=path``) with this data's classes."""
     out = {}
     for entry in cfg.finetune.extra_test:
         flag, _, path = entry.partition("=")
-        other = load_medmnist(flag, data.size, path or None, storage=cfg.data.storage)
+        other = _second_test_set(flag, data.size, path or None, cfg.data.storage)
         if (other.num_classes, other.spatial_dims, other.in_channels) != \
                 (data.num_classes, data.spatial_dims, data.in_channels):
             raise MedsslError(f"finetune.extra_test={entry}: {other.num_classes} classes, "

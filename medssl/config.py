@@ -172,6 +172,14 @@ class FinetuneConfig:
     warmup_epochs: Annotated[float, AT_LEAST_0] = 1.0
     augment: bool = True  # light flips/crops while fine-tuning
     min_steps: Annotated[int, AT_LEAST_0] = 50  # small subsets still get this many optimisation steps
+    # the fine-tuning recipe (chosen on validation splits: README "Fine-tuning recipe"); the
+    # encoder's lr scale and layer decay apply to pretrained encoders only (scratch trains at lr)
+    head_init: Annotated[str, Check(choices=("random", "probe"))] = "random"  # probe: LP-FT
+    encoder_lr_scale: Annotated[float, POSITIVE] = 1.0  # backbone lr = lr x this (head: lr)
+    layer_decay: Annotated[float, FRACTION] = 1.0  # x this per backbone stage below the head
+    # early stopping: stop once validation AUC has not improved for this share of the planned
+    # steps (0: train all epochs); the best validation epoch is kept either way
+    patience: Annotated[float, Check(ge=0, le=1)] = 0.0
     knn: bool = True  # kNN and linear probe on frozen features (per init, fraction and seed)
     knn_k: Annotated[int, AT_LEAST_1] = 20
     # second test sets with the same classes (MedMNIST flags, or "flag=path.npz"): every fine-tuned

@@ -143,7 +143,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     ``checkpoint_steps`` steps if > 0, and after the last. ``resume`` continues from it exactly,
     mid-epoch included: the optimizer, the step (hence schedule and data order) and every RNG
     are restored, so a resumed run ends with the same weights as an uninterrupted one.
-    ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection).
+    ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection)
+    and ``"stop": True`` to end training after this epoch (early stopping).
     ``max_seconds`` stops training after the first step that ends past this wall-clock budget,
     counted over resumes (the epoch is closed as usual: callback, and a checkpoint as after the
     last epoch), for same-budget benchmarks.
@@ -237,9 +238,11 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                     if (run_dir and checkpoint and checkpoint_steps and step % checkpoint_steps == 0
                             and step % per_epoch):  # epoch ends are saved below, after the callback
                         save()
-                extra = on_epoch_end(epoch) if on_epoch_end else {}
+                extra = dict(on_epoch_end(epoch) or {}) if on_epoch_end else {}
+                stop = _any_rank(bool(extra.pop("stop", False)))  # early stopping, on every rank
+                out_of_time = out_of_time or stop
                 if log and extra:
-                    row = {"epoch": epoch, "step": step, **extra}
+                    row = {"epoch": epoch, "step": step, **extra, **({"early_stop": True} if stop else {})}
                     log.write(json.dumps(row) + "\n")
                     tracker.log(row, step, split="val")
                 last = epoch + 1 == epochs or out_of_time

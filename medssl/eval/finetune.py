@@ -22,6 +22,23 @@ from medssl.transforms.augment import ViewAugment
 
 class FinetuneSpec(OptimSpec):
     batch_size: int
+    patience: float  # stop when validation AUC has not improved for this share of the planned steps
+
+
+def layer_lr_scales(backbone: nn.Module, encoder_lr_scale: float = 1.0,
+                    layer_decay: float = 1.0) -> list[dict]:
+    """Parameter groups of ``backbone`` with learning-rate scales for fine-tuning: group i of the
+    backbone's ``layer_groups()`` (input first, L groups) gets ``encoder_lr_scale * layer_decay **
+    (L - i)``, so the deepest group gets one decay step below the head and the stem the most
+    (layer-wise lr decay as in BEiT/MAE fine-tuning). Backbones without ``layer_groups`` are one
+    group; parameters outside the groups join the deepest one.
+    """
+    groups = backbone.layer_groups() if hasattr(backbone, "layer_groups") else [list(backbone.parameters())]
+    listed = {id(p) for g in groups for p in g}
+    groups[-1] = groups[-1] + [p for p in backbone.parameters() if id(p) not in listed]
+    depth = len(groups)
+    return [{"params": g, "lr_scale": encoder_lr_scale * layer_decay ** (depth - i)}
+            for i, g in enumerate(groups) if g]
 
 
 class Classifier(nn.Module):
@@ -32,12 +49,25 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, augment: ViewAugment | None = None,
-                 multi_label: bool = False):
+                 multi_label: bool = False, encoder_lr_scale: float = 1.0, layer_decay: float = 1.0):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
         self.augment = augment
         self.multi_label = multi_label
+        self.encoder_lr_scale, self.layer_decay = encoder_lr_scale, layer_decay
+
+    def param_groups(self) -> list[dict]:
+        """The head at the base learning rate; the backbone scaled (``layer_lr_scales``)."""
+        return [{"params": list(self.head.parameters()), "lr_scale": 1.0},
+                *layer_lr_scales(self.backbone, self.encoder_lr_scale, self.layer_decay)]
+
+    @torch.no_grad()
+    def set_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start from a fitted linear probe (LP-FT: Kumar et al., "Fine-Tuning can Distort Pretrained
+        Features and Underperform Out-of-Distribution", ICLR 2022): weight [K, F], bias [K]."""
+        self.head.weight.copy_(weight)
+        self.head.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -75,13 +105,20 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              min_steps: int = 0, device: torch.device | str = "cpu", tracking: Sequence[str] = ()
              ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Train on ``train`` (uint8 images, labels) on ``device``; keep the epoch with the best
-    validation AUC (the earliest of equal ones); predict validation and test with it.
+    validation AUC (the earliest of equal ones); predict validation and test with it. With
+    ``spec.patience`` p > 0, training stops once the best epoch lies more than p x the planned steps
+    behind (early stopping; the schedule stays planned for the whole run).
 
     Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
     validation probabilities; test probabilities). ``tracking``: ``engine.tracking`` (see ``fit``).
     """
     best = {"auc": -1.0, "epoch": -1, "state": None}
     multi = getattr(model, "multi_label", False)
+    data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
+                         channels_last=channels_last)
+    per_epoch = len(data)
+    patience = getattr(spec, "patience", 0.0)
+    patience_steps = patience * max(spec.epochs, -(-min_steps // per_epoch)) * per_epoch if patience else 0
 
     def select(epoch: int) -> dict[str, float]:
         probs = predict_proba(model, val[0], precision=precision)
@@ -89,10 +126,9 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
             classification_metrics(val[1].numpy(), probs, positive_class)["auc"]
         if auc > best["auc"]:
             best.update(auc=auc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
-        return {"val_auc": auc}
+        stale = (epoch - best["epoch"]) * per_epoch
+        return {"val_auc": auc, "stop": bool(patience_steps and stale > patience_steps)}
 
-    data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
-                         channels_last=channels_last)
     result = fit(model, data, spec, run_dir, device=device, precision=precision,
                  channels_last=channels_last, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
                  on_epoch_end=select, tracking=tracking)

@@ -76,23 +76,71 @@ def linear_predict(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
                    multi_label: bool = False) -> tuple[np.ndarray, list[np.ndarray], float]:
     """Logistic regression on standardised features, C chosen by validation AUC (one-vs-rest per
     label for multi-label tasks). Returns (val probabilities, probabilities of each of ``others``, C)."""
+    probe = fit_linear_probe(train_x, train_y, val_x, val_y, num_classes, positive_class, multi_label)
+    return probe.val_probs, [probe.predict(x) for x in others], probe.C
+
+
+class LinearProbe:
+    """A fitted logistic-regression probe on standardised features (``fit_linear_probe``)."""
+
+    def __init__(self, clf, scaler: StandardScaler, C: float, val_probs: np.ndarray, num_classes: int,
+                 multi_label: bool):
+        self.clf, self.scaler, self.C, self.val_probs = clf, scaler, C, val_probs
+        self.num_classes, self.multi_label = num_classes, multi_label
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Features [N, F] -> probabilities [N, K] (columns of classes unseen in training are 0)."""
+        p = self.clf.predict_proba(self.scaler.transform(x))
+        return p if self.multi_label else _full_probs(p, self.clf.classes_, self.num_classes)
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe as a linear layer on raw features: (weight [K, F], bias [K]) whose softmax
+        (sigmoid when multi-label) gives ``predict``'s probabilities; the LP step of LP-FT.
+
+        Standardisation is folded in (w/sigma, b - w.mu/sigma). A binary probe's one logit d is split
+        as (-d/2, +d/2), whose softmax is the same sigmoid; classes (labels) absent from the training
+        subset get zero weights and a bias of -30 (probability ~0), as ``predict`` gives them.
+        """
+        mu, sigma = self.scaler.mean_, self.scaler.scale_
+        weight = np.zeros((self.num_classes, len(mu)))
+        bias = np.full(self.num_classes, -30.0)
+        if self.multi_label:
+            for k, est in enumerate(self.clf.estimators_):
+                if hasattr(est, "coef_"):
+                    weight[k], bias[k] = est.coef_[0], est.intercept_[0]
+                else:  # a label constant in training: sklearn's constant predictor
+                    bias[k] = 30.0 if est.predict_proba(np.zeros((1, len(mu))))[0, 1] > 0.5 else -30.0
+        else:
+            classes = self.clf.classes_.astype(int)
+            if len(classes) == 2:
+                d_w, d_b = self.clf.coef_[0], self.clf.intercept_[0]
+                weight[classes[0]], bias[classes[0]] = -d_w / 2, -d_b / 2
+                weight[classes[1]], bias[classes[1]] = d_w / 2, d_b / 2
+            else:
+                weight[classes], bias[classes] = self.clf.coef_, self.clf.intercept_
+        seen = bias > -30.0
+        weight[seen] = weight[seen] / sigma
+        bias[seen] = bias[seen] - weight[seen] @ mu
+        return torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
+
+
+def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                     num_classes: int, positive_class: int = 1, multi_label: bool = False) -> LinearProbe:
+    """Logistic regression on standardised features for C in 1e-3..1, the one with the best
+    validation AUC (the smallest C of equal ones)."""
     scaler = StandardScaler().fit(train_x)
-    tr, va = scaler.transform(train_x), scaler.transform(val_x)
-
-    def probs(clf, x: np.ndarray) -> np.ndarray:
-        return clf.predict_proba(x) if multi_label else _full_probs(clf.predict_proba(x), clf.classes_,
-                                                                    num_classes)
-
-    best, best_auc = None, -1.0
+    tr = scaler.transform(train_x)
+    best = None
     for c in (0.001, 0.01, 0.1, 1.0):
         clf = LogisticRegression(C=c, max_iter=2000)
         clf = (OneVsRestClassifier(clf) if multi_label else clf).fit(tr, train_y)
-        p = probs(clf, va)
+        probe = LinearProbe(clf, scaler, c, None, num_classes, multi_label)
+        p = probe.predict(val_x)
         auc = multilabel_metrics(val_y, p)["auc"] if multi_label else \
             classification_metrics(val_y, p, positive_class)["auc"]
-        if auc > best_auc:
-            best, best_auc, best_val, best_c = clf, auc, p, c
-    return best_val, [probs(best, scaler.transform(x)) for x in others], float(best_c)
+        if best is None or auc > best[0]:
+            probe.val_probs, best = p, (auc, probe)
+    return best[1]
 
 
 def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

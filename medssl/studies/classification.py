@@ -22,7 +22,7 @@ from medssl.engine.compute import count_params, flops_per_sample, peak_memory_mb
 from medssl.errors import MedsslError
 from medssl.eval.finetune import Classifier, finetune, predict_proba
 from medssl.eval.metrics import classification_metrics, multilabel_metrics, operating_points
-from medssl.eval.probes import extract_features, knn_vote, knn_vote_multilabel, linear_predict
+from medssl.eval.probes import extract_features, fit_linear_probe, knn_vote, knn_vote_multilabel
 from medssl.io import atomic_write
 from medssl.studies.grid import Cell, Pretrained
 from medssl.studies.pretrain import build_backbone, method_label, runtime
@@ -81,21 +81,30 @@ class ClassificationTask:
         base = {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed, "n_labelled": len(idx)}
         y_val, y_test = data.val.labels.numpy(), data.test.labels.numpy()
         predictions: dict[str, np.ndarray] = {"val_y": y_val, "test_y": y_test}
-        rows = []
-        if cfg.finetune.knn:
+        rows, ft = [], cfg.finetune
+        probe = None
+        if ft.knn or ft.head_init == "probe":
             feats = {s: extract_features(backbone, x, precision=precision)
                      for s, x in (("train", images), ("val", data.val.images), ("test", data.test.images))}
             y = labels.numpy()
-            k = cfg.finetune.knn_k
+            probe = fit_linear_probe(feats["train"], y, feats["val"], y_val, data.num_classes,
+                                     cfg.data.positive_class, data.multi_label)
+        if ft.knn:
+            k = ft.knn_k
             knn = [knn_vote_multilabel(feats["train"], y, feats[s], k) if data.multi_label
                    else knn_vote(feats["train"], y, feats[s], data.num_classes, k) for s in ("val", "test")]
-            p_val, [p_test], c = linear_predict(feats["train"], y, feats["val"], y_val, [feats["test"]],
-                                                data.num_classes, cfg.data.positive_class, data.multi_label)
-            for protocol, (pv, pt), extra in (("knn", knn, {}), ("linear", (p_val, p_test), {"C": c})):
+            linear = (probe.val_probs, probe.predict(feats["test"]))
+            for protocol, (pv, pt), extra in (("knn", knn, {}), ("linear", linear, {"C": probe.C})):
                 predictions.update({f"{protocol}_val": pv, f"{protocol}_test": pt})
                 rows.append({"protocol": protocol, **base, **score(cfg, data, pv, pt), **extra})
+        pretrained_encoder = pretrained is not None
         model = Classifier(backbone, data.num_classes, light_augment(data.spatial_dims, data.size)
-                           if cfg.finetune.augment else None, multi_label=data.multi_label)
+                           if ft.augment else None, multi_label=data.multi_label,
+                           encoder_lr_scale=ft.encoder_lr_scale if pretrained_encoder else 1.0,
+                           layer_decay=ft.layer_decay if pretrained_encoder else 1.0)
+        if ft.head_init == "probe":
+            model.set_head(*probe.head())
+        base = {**base, **recipe(cfg, pretrained_encoder)}
         reset_peak_memory(device)
         metrics, p_val, p_test = finetune(
             model, (images, labels), (data.val.images, data.val.labels), (data.test.images, data.test.labels),
@@ -117,6 +126,13 @@ class ClassificationTask:
 
     def describe(self, cell: Cell, rows: list[dict[str, Any]]) -> str:
         return f"{cell.init} fraction={cell.fraction:g} seed={cell.seed}: done"
+
+
+def recipe(cfg: StudyConfig, pretrained: bool) -> dict[str, Any]:
+    """The fine-tuning recipe a finetune row was trained with (recorded in every row)."""
+    ft = cfg.finetune
+    return {"head_init": ft.head_init, "encoder_lr_scale": ft.encoder_lr_scale if pretrained else 1.0,
+            "layer_decay": ft.layer_decay if pretrained else 1.0, "patience": ft.patience}
 
 
 def score(cfg: StudyConfig, data: ClassificationData, p_val: np.ndarray,

@@ -61,6 +61,12 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.net.avgpool(self.forward_features(x)), 1)
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters by depth, input first: the stem, then each stage (for layer-wise lr decay)."""
+        n = self.net
+        stem = [*n.conv1.parameters(), *n.bn1.parameters()]
+        return [stem] + [list(layer.parameters()) for layer in (n.layer1, n.layer2, n.layer3, n.layer4)]
+
 
 # Every factory takes ``img_size`` (ViTs need it to size their position embeddings); CNNs ignore it.
 

@@ -80,6 +80,12 @@ class ViTBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[:, 0]
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters by depth, input first: embeddings, each block, the final norm (as BEiT's
+        layer-wise lr decay)."""
+        embed = [*self.patch_embed.parameters(), self.cls_token, self.pos_embed]
+        return [embed] + [list(b.parameters()) for b in self.blocks] + [list(self.norm.parameters())]
+
 
 @register_backbone
 def vit_tiny(spatial_dims: int = 2, in_channels: int = 1, width: float = 1.0,

@@ -152,8 +152,9 @@ class PretrainConfig:
     # cross-dataset pretraining: the unlabelled pool is this MedMNIST flag's training split (or every
     # image under this folder) instead of the study's own training images; resized to data.size
     dataset: str | None = None
-    # wall-clock budget: stop after the step that passes it (the learning-rate schedule is still
-    # planned for `epochs`); for same-budget method comparisons
+    # wall-clock budget: the learning-rate schedule is planned from the measured throughput to end
+    # in it (at most `epochs`), and training stops after the step that passes it; for same-budget
+    # method comparisons
     max_seconds: Annotated[float | None, POSITIVE] = None
 
 

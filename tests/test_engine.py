@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from medssl.data.loaders import TensorBatches, batch_indices
 from medssl.engine import TrainStep, fit, seed_everything, unwrap
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
+from medssl.engine.trainer import PLAN_STEPS, _plan
 from medssl.errors import MedsslError
 from medssl.methods import create_method
 from medssl.registry import create_backbone
@@ -221,3 +223,39 @@ def test_wrapped_model_runs_the_hooks_and_matches_the_plain_one(tmp_path, gloo_g
 def test_unwrap_names_a_module_without_training_step():
     with pytest.raises(TypeError, match="Linear has no training_step"):
         unwrap(nn.Linear(2, 2))
+
+
+class Sleeper(nn.Module):
+    """Every step takes ``seconds`` (a sleep dominates), so a budget holds a known number of steps."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.w, self.seconds, self.totals = nn.Parameter(torch.ones(1)), seconds, []
+
+    def training_step(self, batch):
+        time.sleep(self.seconds)
+        return {"loss": (self.w * batch["image"].float().mean()).square()}
+
+    def after_step(self, step, total):
+        self.totals.append(total)
+
+
+def test_plan_hand_values():
+    assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=10.0) == 31
+    assert _plan(total=20, step=11, seconds_per_step=0.5, seconds_left=10.0) == 20  # the epochs' plan caps it
+    assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=-3.0) == 11  # already out of time
+
+
+def test_max_seconds_plans_the_schedule_to_end_in_the_budget(tmp_path):
+    """A 2.5 s budget at ~0.05 s per step: the schedule is re-planned after the timed steps to end
+    near step 50 (200 planned by epochs); training ends at the planned step with the cosine's last
+    learning rate, and the momentum hook saw the planned total; the checkpoint keeps the plan."""
+    spec = PretrainConfig(epochs=50, batch_size=4, lr=0.1, warmup_epochs=1)
+    model = Sleeper(0.05)
+    result = run(model, images(16), spec, tmp_path, max_seconds=2.5, log_every=1)
+    planned = model.totals[-1]
+    assert model.totals[0] == 200 and 25 <= planned <= 52 and result.steps == planned
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    lrs = cosine_schedule(0.1, planned, 4)
+    assert [r["lr"] for r in rows[PLAN_STEPS + 1:]] == pytest.approx(lrs[PLAN_STEPS + 1:planned])
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["total"] == planned

@@ -145,9 +145,11 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     are restored, so a resumed run ends with the same weights as an uninterrupted one.
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection)
     and ``"stop": True`` to end training after this epoch (early stopping).
-    ``max_seconds`` stops training after the first step that ends past this wall-clock budget,
-    counted over resumes (the epoch is closed as usual: callback, and a checkpoint as after the
-    last epoch), for same-budget benchmarks.
+    ``max_seconds`` is a wall-clock budget, counted over resumes: after ``PLAN_STEPS`` timed steps
+    the learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end
+    at the step the measured throughput reaches in the budget (never later than ``spec.epochs``),
+    and training stops after the first step that ends past it either way (the epoch is closed as
+    usual: callback, and a checkpoint as after the last epoch); the plan is kept in checkpoints.
     ``accumulate`` splits every batch into that many micro-batches, backpropagated one after the
     other (DDP synchronises the last only) before one optimizer step: the same step with less
     memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
@@ -161,7 +163,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         raise MedsslError(f"{desc}: {data.num_items} images are too few for batch size {data.batch_size}")
     epochs = max(spec.epochs, math.ceil(min_steps / per_epoch))
     total = epochs * per_epoch
-    lrs = cosine_schedule(spec.lr, total, round(spec.warmup_epochs * per_epoch))
+    warmup = round(spec.warmup_epochs * per_epoch)
     if accumulate < 1 or data.batch_size % (accumulate * world_size()):
         raise MedsslError(f"{desc}: batch size {data.batch_size} is not a multiple of engine.accumulate "
                           f"({accumulate}) x processes ({world_size()})")
@@ -186,6 +188,9 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     if is_distributed():
         _seed_per_rank()
     step, elapsed = state["step"], state["elapsed"]
+    total = state.get("total", total)  # a budget's plan, from the checkpoint
+    lrs = cosine_schedule(spec.lr, total, warmup)
+    plan_at = step + 1 + PLAN_STEPS if max_seconds is not None and "total" not in state else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(run_dir / "log.jsonl", step)
@@ -197,9 +202,9 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     def save() -> None:
         if run_dir:
             _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
-                             loss_value)
+                             loss_value, total if plan_at is None and max_seconds is not None else None)
 
-    out_of_time = False
+    out_of_time, done, t_plan = False, False, None
     model.train()
     try:
         with _progress(desc, total, step, main) as (progress, task):
@@ -222,6 +227,14 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                         inner.after_step(step, total)
                     n = len(batch["image"]) * world_size()
                     step, seen, loss_value = step + 1, seen + n, loss
+                    if plan_at is not None and step == plan_at - PLAN_STEPS:
+                        t_plan = time.perf_counter()  # the first step (warm-up, allocation) is not timed
+                    elif plan_at is not None and step == plan_at:
+                        total = _plan(total, step, (time.perf_counter() - t_plan) / PLAN_STEPS,
+                                      max_seconds - elapsed - (time.perf_counter() - t0))
+                        lrs, plan_at = cosine_schedule(spec.lr, total, warmup), None
+                        progress.update(task, total=total)
+                    done = step >= total
                     ips = seen / (time.perf_counter() - t0)
                     progress.update(task, advance=1, ips=ips, loss=loss_value)
                     if step % log_every == 0 or step == total:  # every rank: the means are collective
@@ -233,7 +246,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                             tracker.log(row, step)
                     out_of_time = max_seconds is not None and _any_rank(
                         elapsed + time.perf_counter() - t0 >= max_seconds)
-                    if out_of_time:
+                    if out_of_time or done:
                         break
                     if (run_dir and checkpoint and checkpoint_steps and step % checkpoint_steps == 0
                             and step % per_epoch):  # epoch ends are saved below, after the callback
@@ -245,12 +258,12 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                     row = {"epoch": epoch, "step": step, **extra, **({"early_stop": True} if stop else {})}
                     log.write(json.dumps(row) + "\n")
                     tracker.log(row, step, split="val")
-                last = epoch + 1 == epochs or out_of_time
+                last = epoch + 1 == epochs or out_of_time or done
                 if run_dir and checkpoint and ((epoch + 1) % checkpoint_every == 0 or last
                                                or (checkpoint_steps and step % checkpoint_steps == 0)):
                     save()
                 model.train()
-                if out_of_time:
+                if out_of_time or done:
                     break
     finally:
         if log:
@@ -282,6 +295,19 @@ def _backward(model: nn.Module, step_fn: Callable, batch: dict[str, torch.Tensor
             (scaler.scale(loss / parts) if scaler is not None else loss / parts).backward()
         total += loss.item() / parts
     return out, total
+
+
+PLAN_STEPS = 10  # steps timed (after the first) before a ``max_seconds`` budget plans the schedule
+
+
+def _plan(total: int, step: int, seconds_per_step: float, seconds_left: float) -> int:
+    """The last step of a budget: where ``seconds_per_step`` (the slowest rank's) reaches it,
+    at most ``total`` (the epochs' plan) and at least this ``step``."""
+    if is_distributed():
+        t = torch.tensor([seconds_per_step], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        seconds_per_step = float(t.item())
+    return max(step, min(total, step + int(seconds_left / max(seconds_per_step, 1e-9))))
 
 
 def _any_rank(flag: bool) -> bool:
@@ -375,13 +401,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler | None, run_dir: Path, step: int, elapsed: float,
-                     loss: float) -> None:
+                     loss: float, total: int | None = None) -> None:
     # The methods' own generators (corruptions, masks) are module state (``GeneratorState``), the
     # queues and momentum encoders are buffers and parameters: all inside ``model.state_dict()``.
     state = {"step": step, "elapsed": elapsed, "loss": loss, "optimizer": optimizer.state_dict(),
              "rng": rng_state()}
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
+    if total is not None:  # a max_seconds budget's planned last step
+        state["total"] = total
     save_checkpoint(model, state, run_dir / "checkpoint.safetensors")
 
 

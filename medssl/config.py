@@ -173,9 +173,10 @@ class FinetuneConfig:
     warmup_epochs: Annotated[float, AT_LEAST_0] = 1.0
     augment: bool = True  # light flips/crops while fine-tuning
     min_steps: Annotated[int, AT_LEAST_0] = 50  # small subsets still get this many optimisation steps
-    # the fine-tuning recipe (chosen on validation splits: README "Fine-tuning recipe"); the
-    # encoder's lr scale and layer decay apply to pretrained encoders only (scratch trains at lr)
-    head_init: Annotated[str, Check(choices=("random", "probe"))] = "random"  # probe: LP-FT
+    # the fine-tuning recipe (chosen on validation splits: README "Fine-tuning recipe"); the head
+    # init, the encoder's lr scale and layer decay apply to pretrained encoders only (scratch
+    # starts from a random head and trains at lr)
+    head_init: Annotated[str, Check(choices=("random", "probe"))] = "probe"  # probe: LP-FT
     encoder_lr_scale: Annotated[float, POSITIVE] = 1.0  # backbone lr = lr x this (head: lr)
     layer_decay: Annotated[float, FRACTION] = 1.0  # x this per backbone stage below the head
     # early stopping: stop once validation AUC has not improved for this share of the planned

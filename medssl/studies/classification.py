@@ -83,7 +83,7 @@ class ClassificationTask:
         predictions: dict[str, np.ndarray] = {"val_y": y_val, "test_y": y_test}
         rows, ft = [], cfg.finetune
         probe = None
-        if ft.knn or ft.head_init == "probe":
+        if ft.knn or (ft.head_init == "probe" and pretrained is not None):
             feats = {s: extract_features(backbone, x, precision=precision)
                      for s, x in (("train", images), ("val", data.val.images), ("test", data.test.images))}
             y = labels.numpy()
@@ -102,7 +102,7 @@ class ClassificationTask:
                            if ft.augment else None, multi_label=data.multi_label,
                            encoder_lr_scale=ft.encoder_lr_scale if pretrained_encoder else 1.0,
                            layer_decay=ft.layer_decay if pretrained_encoder else 1.0)
-        if ft.head_init == "probe":
+        if ft.head_init == "probe" and pretrained_encoder:  # on val: scratch is better with a random head
             model.set_head(*probe.head())
         base = {**base, **recipe(cfg, pretrained_encoder)}
         reset_peak_memory(device)
@@ -131,7 +131,8 @@ class ClassificationTask:
 def recipe(cfg: StudyConfig, pretrained: bool) -> dict[str, Any]:
     """The fine-tuning recipe a finetune row was trained with (recorded in every row)."""
     ft = cfg.finetune
-    return {"head_init": ft.head_init, "encoder_lr_scale": ft.encoder_lr_scale if pretrained else 1.0,
+    return {"head_init": ft.head_init if pretrained else "random",
+            "encoder_lr_scale": ft.encoder_lr_scale if pretrained else 1.0,
             "layer_decay": ft.layer_decay if pretrained else 1.0, "patience": ft.patience}
 
 

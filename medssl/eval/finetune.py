@@ -102,17 +102,20 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
              spec: FinetuneSpec, run_dir: Path, seed: int, positive_class: int = 1,
              precision: torch.dtype | None = None, channels_last: bool = False,
-             min_steps: int = 0, device: torch.device | str = "cpu", tracking: Sequence[str] = ()
+             min_steps: int = 0, device: torch.device | str = "cpu", tracking: Sequence[str] = (),
+             select_start: bool = False
              ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Train on ``train`` (uint8 images, labels) on ``device``; keep the epoch with the best
     validation AUC (the earliest of equal ones); predict validation and test with it. With
     ``spec.patience`` p > 0, training stops once the best epoch lies more than p x the planned steps
-    behind (early stopping; the schedule stays planned for the whole run).
+    behind (early stopping; the schedule stays planned for the whole run). ``select_start``: the
+    model before training is a candidate too (``best_epoch`` -1), for a head set from the linear
+    probe (LP-FT): fine-tuning then never ends below the probe on validation data.
 
     Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
     validation probabilities; test probabilities). ``tracking``: ``engine.tracking`` (see ``fit``).
     """
-    best = {"auc": -1.0, "epoch": -1, "state": None}
+    best = {"auc": -1.0, "epoch": -2, "state": None}
     multi = getattr(model, "multi_label", False)
     data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
                          channels_last=channels_last)
@@ -129,6 +132,8 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
         stale = (epoch - best["epoch"]) * per_epoch
         return {"val_auc": auc, "stop": bool(patience_steps and stale > patience_steps)}
 
+    if select_start:
+        select(-1)
     result = fit(model, data, spec, run_dir, device=device, precision=precision,
                  channels_last=channels_last, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
                  on_epoch_end=select, tracking=tracking)

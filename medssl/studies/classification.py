@@ -110,7 +110,8 @@ class ClassificationTask:
             model, (images, labels), (data.val.images, data.val.labels), (data.test.images, data.test.labels),
             cfg.finetune, run_dir, cell.seed, cfg.data.positive_class, precision,
             resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2,
-            cfg.finetune.min_steps, device, tracking=cfg.engine.tracking)
+            cfg.finetune.min_steps, device, tracking=cfg.engine.tracking,
+            select_start=ft.head_init == "probe" and pretrained_encoder)
         predictions.update({"finetune_val": p_val, "finetune_test": p_test})
         sample = data.test.images[:1].to(device).float() / 255
         compute = {"params": count_params(model), "flops_per_sample": flops_per_sample(model, sample),

@@ -139,3 +139,28 @@ class FirstTwo(torch.nn.Module):
 
     def forward(self, x):
         return x.flatten(1)[:, :2]
+
+
+@pytest.mark.parametrize("select_start,best_epoch", [(True, -1), (False, 0)])
+def test_lp_ft_keeps_the_probe_when_no_epoch_beats_it_on_validation(monkeypatch, tmp_path, select_start,
+                                                                     best_epoch):
+    """The starting model (the probe's head) separates the validation classes; every trained epoch
+    is worse. With select_start it is the kept model (best_epoch -1), else the best trained epoch."""
+    def fake_fit(net, data, spec, run_dir, *, on_epoch_end, **kw):
+        for epoch in range(3):
+            with torch.no_grad():  # "forgetting": epoch 0 reads feature 1, later ones nothing
+                net.head.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.5 if epoch == 0 else 0.0]]))
+            on_epoch_end(epoch)
+        return SimpleNamespace(seconds=1.0, steps=3, images_per_second=1.0)
+
+    monkeypatch.setattr(finetune_module, "fit", fake_fit)
+    # feature 0 separates the classes (AUC 1), feature 1 does not (AUC 0.5)
+    x = torch.tensor([[10, 250], [100, 10], [150, 200], [250, 20]], dtype=torch.uint8).reshape(4, 1, 1, 2)
+    y = torch.tensor([0, 0, 1, 1])
+    model = Classifier(FirstTwo(), 2)
+    model.set_head(torch.tensor([[0.0, 0.0], [20.0, 0.0]]), torch.tensor([0.0, -10.0]))
+    out, _, _ = finetune_module.finetune(model, (x, y), (x, y), (x, y),
+                                         FinetuneConfig(epochs=3, batch_size=4), tmp_path, 0,
+                                         select_start=select_start)
+    assert out["best_epoch"] == best_epoch
+    assert model.head.weight[1].tolist() == ([20.0, 0.0] if select_start else [0.0, 0.5])

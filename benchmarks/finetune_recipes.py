@@ -38,10 +38,12 @@ RECIPES: dict[str, list[str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--encoder", required=True, help="encoder.safetensors of the pretraining to fine-tune")
+    parser.add_argument("--encoder", required=True,
+                        help="encoder.safetensors of the pretraining to fine-tune")
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--inits", nargs="+", default=["ssl", "scratch"])
@@ -61,11 +63,13 @@ def main(argv: list[str] | None = None) -> int:
                          *args.set, *RECIPES[name]]
             run = run_study(args.config, overrides=overrides, overwrite=True)
             rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-            for fraction in sorted({r["fraction"] for r in rows if r.get("protocol") == "finetune"}):
-                vals = [r["val_auc"] for r in rows if r.get("protocol") == "finetune" and r["fraction"] == fraction]
+            tuned = [r for r in rows if r.get("protocol") == "finetune"]
+            for fraction in sorted({r["fraction"] for r in tuned}):
+                vals = [r["val_auc"] for r in tuned if r["fraction"] == fraction]
+                mean = statistics.mean(vals)
                 results.append({"init": init, "recipe": name, "fraction": fraction, "val_auc": vals,
-                                "mean": statistics.mean(vals), "seconds": round(time.perf_counter() - t0, 1)})
-                print(f"{init:8s} {name:24s} {fraction:5g} val AUC {statistics.mean(vals):.3f} {vals}", flush=True)
+                                "mean": mean, "seconds": round(time.perf_counter() - t0, 1)})
+                print(f"{init:8s} {name:24s} {fraction:5g} val AUC {mean:.3f} {vals}", flush=True)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"dataset": args.dataset, "encoder": args.encoder,
                                                     "config": args.config, "set": args.set,
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                                     "results": results}, indent=1))
     lines = [f"# Fine-tuning recipes on {args.dataset}: validation AUC (test never read)", "",
              f"Encoder `{args.encoder}`; config `{args.config}` {' '.join(args.set)}. Mean over seeds "
-             f"{args.seeds} of the best-epoch validation AUC; recipes in `benchmarks/finetune_recipes.py`.", "",
+             f"{args.seeds} of the best-epoch validation AUC; recipes in "
+             "`benchmarks/finetune_recipes.py`.", "",
              "| init | recipe | fraction | val AUC (mean) | per seed |", "|---|---|---|---|---|"]
     lines += [f"| {r['init']} | {r['recipe']} | {r['fraction']:g} | {r['mean']:.3f} | "
               f"{', '.join(f'{v:.3f}' for v in r['val_auc'])} |" for r in results]

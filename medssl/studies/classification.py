@@ -81,9 +81,10 @@ class ClassificationTask:
         base = {"init": cell.init, "fraction": cell.fraction, "seed": cell.seed, "n_labelled": len(idx)}
         y_val, y_test = data.val.labels.numpy(), data.test.labels.numpy()
         predictions: dict[str, np.ndarray] = {"val_y": y_val, "test_y": y_test}
-        rows, ft = [], cfg.finetune
-        probe = None
-        if ft.knn or (ft.head_init == "probe" and pretrained is not None):
+        rows, ft, probe = [], cfg.finetune, None
+        pretrained_encoder = pretrained is not None
+        lp_ft = ft.head_init == "probe" and pretrained_encoder  # on val: scratch is better with a random head
+        if ft.knn or lp_ft:
             feats = {s: extract_features(backbone, x, precision=precision)
                      for s, x in (("train", images), ("val", data.val.images), ("test", data.test.images))}
             y = labels.numpy()
@@ -97,12 +98,11 @@ class ClassificationTask:
             for protocol, (pv, pt), extra in (("knn", knn, {}), ("linear", linear, {"C": probe.C})):
                 predictions.update({f"{protocol}_val": pv, f"{protocol}_test": pt})
                 rows.append({"protocol": protocol, **base, **score(cfg, data, pv, pt), **extra})
-        pretrained_encoder = pretrained is not None
         model = Classifier(backbone, data.num_classes, light_augment(data.spatial_dims, data.size)
                            if ft.augment else None, multi_label=data.multi_label,
                            encoder_lr_scale=ft.encoder_lr_scale if pretrained_encoder else 1.0,
                            layer_decay=ft.layer_decay if pretrained_encoder else 1.0)
-        if ft.head_init == "probe" and pretrained_encoder:  # on val: scratch is better with a random head
+        if lp_ft:
             model.set_head(*probe.head())
         base = {**base, **recipe(cfg, pretrained_encoder)}
         reset_peak_memory(device)
@@ -111,7 +111,7 @@ class ClassificationTask:
             cfg.finetune, run_dir, cell.seed, cfg.data.positive_class, precision,
             resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2,
             cfg.finetune.min_steps, device, tracking=cfg.engine.tracking,
-            select_start=ft.head_init == "probe" and pretrained_encoder)
+            select_start=lp_ft)
         predictions.update({"finetune_val": p_val, "finetune_test": p_test})
         sample = data.test.images[:1].to(device).float() / 255
         compute = {"params": count_params(model), "flops_per_sample": flops_per_sample(model, sample),

@@ -102,6 +102,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def planned_epochs(epochs: int, min_steps: int, per_epoch: int) -> int:
+    """The epochs ``fit`` plans: ``epochs``, or more when they hold fewer than ``min_steps`` steps."""
+    return max(epochs, math.ceil(min_steps / max(1, per_epoch)))
+
+
 def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
     """AdamW or SGD over the model's parameter groups (``model.param_groups()`` if it has one: a
     list of ``{"params", "lr_scale"}`` covering every trainable parameter), each split into decay
@@ -161,7 +166,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     per_epoch = len(data)
     if per_epoch == 0:
         raise MedsslError(f"{desc}: {data.num_items} images are too few for batch size {data.batch_size}")
-    epochs = max(spec.epochs, math.ceil(min_steps / per_epoch))
+    epochs = planned_epochs(spec.epochs, min_steps, per_epoch)
     total = epochs * per_epoch
     warmup = round(spec.warmup_epochs * per_epoch)
     if accumulate < 1 or data.batch_size % (accumulate * world_size()):

@@ -15,7 +15,7 @@ from medssl.data.loaders import TensorBatches
 from medssl.engine import fit
 from medssl.engine.checkpoint import save_weights
 from medssl.engine.precision import autocast, model_device
-from medssl.engine.trainer import OptimSpec
+from medssl.engine.trainer import OptimSpec, planned_epochs
 from medssl.eval.metrics import classification_metrics, multilabel_metrics
 from medssl.transforms.augment import ViewAugment
 
@@ -115,13 +115,14 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
     Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
     validation probabilities; test probabilities). ``tracking``: ``engine.tracking`` (see ``fit``).
     """
-    best = {"auc": -1.0, "epoch": -2, "state": None}
+    best = {"auc": -1.0, "epoch": -1, "state": None}
     multi = getattr(model, "multi_label", False)
     data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
                          channels_last=channels_last)
     per_epoch = len(data)
     patience = getattr(spec, "patience", 0.0)
-    patience_steps = patience * max(spec.epochs, -(-min_steps // per_epoch)) * per_epoch if patience else 0
+    planned = planned_epochs(spec.epochs, min_steps, per_epoch) if patience else 0
+    patience_steps = patience * planned * per_epoch
 
     def select(epoch: int) -> dict[str, float]:
         probs = predict_proba(model, val[0], precision=precision)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -80,13 +83,16 @@ def linear_predict(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, 
     return probe.val_probs, [probe.predict(x) for x in others], probe.C
 
 
+@dataclass
 class LinearProbe:
     """A fitted logistic-regression probe on standardised features (``fit_linear_probe``)."""
 
-    def __init__(self, clf, scaler: StandardScaler, C: float, val_probs: np.ndarray, num_classes: int,
-                 multi_label: bool):
-        self.clf, self.scaler, self.C, self.val_probs = clf, scaler, C, val_probs
-        self.num_classes, self.multi_label = num_classes, multi_label
+    clf: Any  # LogisticRegression, or OneVsRestClassifier of them for multi-label tasks
+    scaler: StandardScaler
+    C: float
+    num_classes: int
+    multi_label: bool
+    val_probs: np.ndarray | None = None  # set by fit_linear_probe for the chosen C
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Features [N, F] -> probabilities [N, K] (columns of classes unseen in training are 0)."""
@@ -102,7 +108,7 @@ class LinearProbe:
         subset get zero weights and a bias of -30 (probability ~0), as ``predict`` gives them.
         """
         mu, sigma = self.scaler.mean_, self.scaler.scale_
-        weight = np.zeros((self.num_classes, len(mu)))
+        weight = np.zeros((self.num_classes, len(mu)))  # on standardised features, then folded
         bias = np.full(self.num_classes, -30.0)
         if self.multi_label:
             for k, est in enumerate(self.clf.estimators_):
@@ -118,9 +124,8 @@ class LinearProbe:
                 weight[classes[1]], bias[classes[1]] = d_w / 2, d_b / 2
             else:
                 weight[classes], bias[classes] = self.clf.coef_, self.clf.intercept_
-        seen = bias > -30.0
-        weight[seen] = weight[seen] / sigma
-        bias[seen] = bias[seen] - weight[seen] @ mu
+        weight = weight / sigma  # rows of absent classes are zero and stay zero
+        bias = bias - weight @ mu
         return torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
 
 
@@ -134,7 +139,7 @@ def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
     for c in (0.001, 0.01, 0.1, 1.0):
         clf = LogisticRegression(C=c, max_iter=2000)
         clf = (OneVsRestClassifier(clf) if multi_label else clf).fit(tr, train_y)
-        probe = LinearProbe(clf, scaler, c, None, num_classes, multi_label)
+        probe = LinearProbe(clf, scaler, c, num_classes, multi_label)
         p = probe.predict(val_x)
         auc = multilabel_metrics(val_y, p)["auc"] if multi_label else \
             classification_metrics(val_y, p, positive_class)["auc"]

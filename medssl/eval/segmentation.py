@@ -27,7 +27,9 @@ from medssl.data.loaders import TensorBatches, steps_per_epoch
 from medssl.engine import fit
 from medssl.engine.checkpoint import save_weights
 from medssl.engine.precision import autocast, model_device
+from medssl.engine.trainer import planned_epochs
 from medssl.errors import MedsslError
+from medssl.eval.finetune import layer_lr_scales
 from medssl.models.unet import UNet
 from medssl.transforms.augment import AugmentConfig, IntensityJitter
 
@@ -121,7 +123,7 @@ class SegmentationNet(nn.Module):
         encoder = {id(p) for p in self.unet.backbone.parameters()}
         rest = [p for p in self.parameters() if id(p) not in encoder]
         return [{"params": rest, "lr_scale": 1.0},
-                {"params": list(self.unet.backbone.parameters()), "lr_scale": self.encoder_lr_scale}]
+                *layer_lr_scales(self.unet.backbone, self.encoder_lr_scale)]
 
 
 @torch.no_grad()
@@ -211,8 +213,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     if len(images) < spec.batch_size:  # tiny label fractions: repeat cases up to one batch (patches differ)
         reps = math.ceil(spec.batch_size / len(images))
         images, labels = torch.cat([images] * reps), torch.cat([labels] * reps)
-    epochs = max(spec.epochs, math.ceil(min_steps / max(1, steps_per_epoch(len(images),
-                                                                        spec.batch_size, False))))
+    epochs = planned_epochs(spec.epochs, min_steps, steps_per_epoch(len(images), spec.batch_size, False))
     checks = {round((i + 1) * epochs / max(1, val_checks)) - 1 for i in range(max(1, val_checks))}
     best = {"dice": -1.0, "epoch": -1, "state": None}
 

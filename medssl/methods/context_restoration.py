@@ -23,6 +23,7 @@ class ContextRestorationConfig:
     patch_frac: float = 0.15  # patch side / image side (4 px at 28 px)
     loss: str = "mse"  # "mse" (paper) or "l1"
     augment: bool = False  # view augmentation before corrupting
+    crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
 
 
 class ContextRestoration(RestorativeMethod):
@@ -31,7 +32,7 @@ class ContextRestoration(RestorativeMethod):
     name = "context_restoration"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: ContextRestorationConfig) -> None:
-        super().__init__(backbone, augment, cfg.augment, cfg.loss)
+        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop)
         self.cfg = cfg
 
     def corrupt(self, x: torch.Tensor) -> Corrupted:

@@ -23,6 +23,7 @@ class DenoisingConfig:
     blur_p: float = 0.0  # also blur (sigma ~ U(0.5, 1.5) voxels) this fraction of samples first
     loss: str = "mse"  # "mse" or "l1"
     augment: bool = False  # view augmentation before corrupting
+    crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
 
 
 class Denoising(RestorativeMethod):
@@ -31,7 +32,7 @@ class Denoising(RestorativeMethod):
     name = "denoising"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: DenoisingConfig) -> None:
-        super().__init__(backbone, augment, cfg.augment, cfg.loss)
+        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop)
         self.cfg = cfg
 
     def corrupt(self, x: torch.Tensor) -> Corrupted:

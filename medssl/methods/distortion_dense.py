@@ -19,7 +19,7 @@ from medssl.errors import MedsslError
 from medssl.losses import reconstruction_loss
 from medssl.methods._common import GeneratorState, new_generator, save_shared_once
 from medssl.models.unet import UNet
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, random_crop
 from medssl.transforms.corruptions.regions import DISTORTION_TYPES, DistortedRegions, RegionArgs
 
 
@@ -28,6 +28,7 @@ class DistortionDenseConfig(RegionArgs):  # + max_regions, min_frac, max_frac, t
     type_weight: float = 1.0
     restore_weight: float = 1.0
     augment: bool = False  # view augmentation before distorting
+    crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
 
 
 class DistortionDense(GeneratorState, nn.Module):
@@ -46,6 +47,7 @@ class DistortionDense(GeneratorState, nn.Module):
         self.num_types = len(DISTORTION_TYPES) + 1  # labels index all types, whatever subset is used
         self.net = UNet(backbone, self.num_types + backbone.in_channels)
         self.augment = augment if cfg.augment else None
+        self.crop = augment.size if cfg.crop else None
         self.generator = new_generator()
         save_shared_once(self)
 
@@ -59,8 +61,7 @@ class DistortionDense(GeneratorState, nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        if self.augment is not None:
-            x = self.augment(x)
+        x = self.augment(x) if self.augment is not None else random_crop(x, self.crop, self.generator)
         d = self.distort(x)
         logits, restored = self.predict(d.input)
         type_loss = F.cross_entropy(logits, d.type_map)

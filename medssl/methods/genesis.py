@@ -26,6 +26,7 @@ class GenesisConfig:
     inpaint_rate: float = 0.2  # share of the paints that in-paint; the rest out-paint (paper default)
     loss: str = "mse"  # "mse" (paper) or "l1"
     augment: bool = False  # view augmentation before corrupting (the paper only flips)
+    crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
 
 
 class Genesis(RestorativeMethod):
@@ -34,7 +35,7 @@ class Genesis(RestorativeMethod):
     name = "genesis"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: GenesisConfig) -> None:
-        super().__init__(backbone, augment, cfg.augment, cfg.loss)
+        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop)
         self.cfg = cfg
 
     def corrupt(self, x: torch.Tensor) -> Corrupted:

@@ -15,7 +15,7 @@ from medssl.errors import MedsslError
 from medssl.losses import reconstruction_loss
 from medssl.methods._common import GeneratorState, new_generator, save_shared_once
 from medssl.models.unet import UNet
-from medssl.transforms.augment import ViewAugment
+from medssl.transforms.augment import ViewAugment, random_crop
 from medssl.transforms.corruptions import Corrupted
 
 
@@ -27,11 +27,14 @@ class RestorativeMethod(GeneratorState, nn.Module):
         augment: view augmentation, applied before corrupting if ``use_augment``.
         use_augment: augment first (the target is then the augmented image).
         loss: "mse" or "l1" between the sigmoid output and the original.
+        crop: without augmentation, restore random ``augment.size``-sided crops of larger inputs
+            (3D volumes) instead of whole ones (``random_crop``).
     """
 
     name = "restorative"
 
-    def __init__(self, backbone: nn.Module, augment: ViewAugment, use_augment: bool, loss: str) -> None:
+    def __init__(self, backbone: nn.Module, augment: ViewAugment, use_augment: bool, loss: str,
+                 crop: bool = True) -> None:
         super().__init__()
         if not hasattr(backbone, "stages"):
             raise MedsslError(f"{self.name} needs a CNN backbone with stages() for its U-Net decoder "
@@ -41,6 +44,7 @@ class RestorativeMethod(GeneratorState, nn.Module):
         self.backbone = backbone
         self.net = UNet(backbone, backbone.in_channels)
         self.augment = augment if use_augment else None
+        self.crop = augment.size if crop else None
         self.loss_kind = loss
         self.generator = new_generator()
         save_shared_once(self)
@@ -54,8 +58,7 @@ class RestorativeMethod(GeneratorState, nn.Module):
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
-        if self.augment is not None:
-            x = self.augment(x)
+        x = self.augment(x) if self.augment is not None else random_crop(x, self.crop, self.generator)
         corrupted = self.corrupt(x)
         restored = self.restore(corrupted)
         return {"loss": reconstruction_loss(restored, corrupted.target, kind=self.loss_kind)}

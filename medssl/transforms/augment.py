@@ -196,3 +196,23 @@ def light_augment(spatial_dims: int, size: int) -> ViewAugment:
 def two_views(augment: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Two independent augmentations of each image, stacked: [B, C, *S] -> [2B, C, *S] (view 1 first)."""
     return torch.cat([augment(x), augment(x)])
+
+
+def random_crop(x: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size``-sided crop per sample, placed uniformly; axes no longer than ``size``
+    stay whole; ``size`` None returns ``x``. [B, C, *S] -> [B, C, *min(S, size)].
+
+    For the restorative and distortion pretexts, which otherwise corrupt whole (padded) volumes:
+    Models Genesis (Zhou et al., MedIA 2021) pretrains on random sub-volumes too. Offsets come from
+    ``generator`` (the method's own, so a resumed run crops the same). A per-sample slice loop:
+    MONAI's RandSpatialCrop crops one unbatched sample per call and draws from numpy's RNG.
+    """
+    spatial = x.shape[2:]
+    if size is None or all(s <= size for s in spatial):
+        return x
+    crop = [min(s, size) for s in spatial]
+    starts = [torch.randint(0, s - c + 1, (x.shape[0],), generator=generator).tolist()
+              for s, c in zip(spatial, crop, strict=True)]
+    return torch.stack([x[(b, slice(None), *(slice(st[b], st[b] + c) for st, c in zip(starts, crop,
+                                                                                      strict=True)))]
+                        for b in range(x.shape[0])])

@@ -28,7 +28,7 @@ import torch
 
 from medssl.config import load_config, to_dict
 from medssl.report.report import read_results
-from medssl.report.segmentation import summarise_segmentation
+from medssl.report.segmentation import paired_dice, summarise_segmentation
 from medssl.studies import run_study
 
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
@@ -47,7 +47,9 @@ def summarise(run: Path) -> dict:
     pre = next((r for r in rows if r["protocol"] == "pretrain"), {})
     study = next((r for r in rows if r["protocol"] == "study"), {})
     seg = [r for r in rows if r["protocol"] == "segmentation"]
-    return {"summary": summary, "pretrain_seconds": pre.get("seconds"),
+    paired = {f"{frac:g}": {"mean": m, "ci95": list(ci), "pairs": n}
+              for frac, (m, ci, n) in paired_dice(rows).items()}
+    return {"summary": summary, "paired_ssl_minus_scratch": paired, "pretrain_seconds": pre.get("seconds"),
             "study_seconds": study.get("seconds"), "folds": sorted({r["fold"] for r in seg}),
             "seeds": sorted({r["seed"] for r in seg}), "runs": seg}
 
@@ -105,7 +107,10 @@ def markdown(result: dict) -> str:
     for frac in sorted({k.split("@")[1] for k in s}, key=float):
         ssl, scr = s.get(f"ssl@{frac}"), s.get(f"scratch@{frac}")
         if ssl and scr:
-            lines.append(f"- {frac}: {ssl['dice_mean'][0] - scr['dice_mean'][0]:+.3f}")
+            pair = result.get("paired_ssl_minus_scratch", {}).get(frac)
+            ci = (f" [95% paired t-interval over {pair['pairs']} seed pairs: {pair['ci95'][0]:+.3f}, "
+                  f"{pair['ci95'][1]:+.3f}]" if pair and pair["pairs"] > 1 else "")
+            lines.append(f"- {frac}: {ssl['dice_mean'][0] - scr['dice_mean'][0]:+.3f}{ci}")
     ref = result["reference"]
     lines += ["", f"Reference: {ref['source']}: Dice anterior {ref['dice_anterior']}, posterior "
               f"{ref['dice_posterior']} (mean ≈ {ref['dice_mean']}). Different split and a far larger "
@@ -121,6 +126,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/segmentation_hippocampus",
                         help="output path without suffix (.json and .md are written)")
     parser.add_argument("--runs-dir", default="runs", help="where the study run directory goes")
+    parser.add_argument("--fractions", default="[0.1, 1.0]", help="label fractions, a YAML list")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides (repeatable)")
     parser.add_argument("--rebuild", action="store_true",
@@ -132,7 +138,7 @@ def main() -> None:
         write(out, {**result, "notes": notes(result)})
         return
     overrides = [f"output_dir={args.runs_dir}", f"name=bench_segmentation_{args.folds}",
-                 "finetune.fractions=[0.1, 1.0]", "finetune.inits=[ssl, scratch]", *args.set]
+                 f"finetune.fractions={args.fractions}", "finetune.inits=[ssl, scratch]", *args.set]
     cfg = load_config(args.config, overrides)
     cfg.segmentation.test_folds = [0] if args.folds == "fixed" else list(range(cfg.segmentation.folds))
     t0 = time.perf_counter()

@@ -226,6 +226,9 @@ class SegmentationConfig:
     pretrain_pool: Annotated[str, Check(choices=("all", "train"))] = "all"
     freeze_encoder: bool = False  # ssl init: train the decoder only (encoder weights and BN stats fixed)
     encoder_lr_scale: Annotated[float, FRACTION] = 1.0  # ssl init: encoder learning rate = lr * this
+    # ssl init: the encoder's learning rate is 0 for this share of the planned steps, so that the
+    # random decoder learns on the pretrained features first (the dense analogue of LP-FT)
+    decoder_warmup: Annotated[float, Check(ge=0, lt=1)] = 0.0
     load_decoder: bool = False  # also load decoder/head tensors from the pretraining checkpoint if present
     overlays: Annotated[int, AT_LEAST_0] = 2  # overlay PNGs per run (first test cases)
     # fine-tuned model: "unet" (encoder + U-Net decoder) or "maskrcnn" (2D instance route: the whole

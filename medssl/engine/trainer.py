@@ -109,8 +109,9 @@ def planned_epochs(epochs: int, min_steps: int, per_epoch: int) -> int:
 
 def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
     """AdamW or SGD over the model's parameter groups (``model.param_groups()`` if it has one: a
-    list of ``{"params", "lr_scale"}`` covering every trainable parameter), each split into decay
-    and no-decay parts: no weight decay on biases and norm parameters (1-D tensors), as in MAE/DINO."""
+    list of ``{"params", "lr_scale"}`` covering every trainable parameter, optionally with a
+    ``start_step`` before which the group's learning rate is 0), each split into decay and no-decay
+    parts: no weight decay on biases and norm parameters (1-D tensors), as in MAE/DINO."""
     hook = getattr(unwrap(model), "param_groups", None)
     scaled = hook() if hook else [{"params": list(model.parameters()), "lr_scale": 1.0}]
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
@@ -121,10 +122,9 @@ def make_optimizer(model: nn.Module, spec: OptimSpec) -> torch.optim.Optimizer:
     groups = []
     for g in scaled:
         params = [p for p in g["params"] if p.requires_grad]
-        groups += [{"params": [p for p in params if p.dim() > 1], "weight_decay": spec.weight_decay,
-                    "lr_scale": g["lr_scale"]},
-                   {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0,
-                    "lr_scale": g["lr_scale"]}]
+        extra = {"lr_scale": g["lr_scale"], "start_step": g.get("start_step", 0)}
+        groups += [{"params": [p for p in params if p.dim() > 1], "weight_decay": spec.weight_decay, **extra},
+                   {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0, **extra}]
     groups = [g for g in groups if g["params"]]
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=spec.lr)
@@ -215,8 +215,9 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         with _progress(desc, total, step, main) as (progress, task):
             for epoch in range(step // per_epoch, epochs):
                 for batch in data.epoch(epoch, start=step - epoch * per_epoch):  # resumed mid-epoch
-                    for group in optimizer.param_groups:
-                        group["lr"] = lrs[step] * group["lr_scale"]
+                    for group in optimizer.param_groups:  # lr 0 leaves a group exactly as it is
+                        started = step >= group.get("start_step", 0)  # (older checkpoints lack the key)
+                        group["lr"] = lrs[step] * group["lr_scale"] if started else 0.0
                     where = f"{desc}: step {step} (epoch {epoch})"
                     optimizer.zero_grad(set_to_none=True)
                     out, loss = _backward(model, step_fn, batch, accumulate, device, precision, scaler, where)

@@ -75,6 +75,9 @@ class SegmentationNet(nn.Module):
             statistics frozen).
         encoder_lr_scale: encoder learning rate = lr * scale (a parameter group of its own, from
             ``param_groups``, which ``fit`` reads).
+        encoder_start: the encoder's learning rate is 0 for this many steps (decoder warm-up: the
+            randomly initialised decoder learns on fixed pretrained features first, the dense
+            analogue of LP-FT; ``train_segmentation`` sets it from a share of the planned steps).
 
     Shapes: ``forward``: [B, C, *S] -> logits [B, K, *S]; ``training_step`` takes
     {"image": float [B, C, *S] in [0, 1], "label": uint8 [B, *S]}.
@@ -87,6 +90,7 @@ class SegmentationNet(nn.Module):
             raise MedsslError(f"encoder_lr_scale must be in (0, 1], got {encoder_lr_scale}")
         self.unet, self.crop = unet, tuple(crop)
         self.freeze_encoder, self.encoder_lr_scale = freeze_encoder, encoder_lr_scale
+        self.encoder_start = 0
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         cfg = AugmentConfig(brightness=0.1, contrast=0.15, gamma=(0.8, 1.25), noise_p=0.15,
                             noise_std=0.03, p_intensity=0.5)
@@ -119,11 +123,13 @@ class SegmentationNet(nn.Module):
         return {"loss": self.loss(logits, y[:, None].long())}
 
     def param_groups(self) -> list[dict]:
-        """The decoder at the full learning rate, the encoder at ``encoder_lr_scale`` times it."""
+        """The decoder at the full learning rate, the encoder at ``encoder_lr_scale`` times it from
+        step ``encoder_start`` on."""
         encoder = {id(p) for p in self.unet.backbone.parameters()}
         rest = [p for p in self.parameters() if id(p) not in encoder]
         return [{"params": rest, "lr_scale": 1.0},
-                *layer_lr_scales(self.unet.backbone, self.encoder_lr_scale)]
+                *({**g, "start_step": self.encoder_start}
+                  for g in layer_lr_scales(self.unet.backbone, self.encoder_lr_scale))]
 
 
 @torch.no_grad()
@@ -200,22 +206,32 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                        val: tuple[Sequence[np.ndarray], Sequence[np.ndarray]], spec, run_dir: Path,
                        seed: int, num_classes: int, roi: Sequence[int], overlap: float,
                        precision: torch.dtype | None = None, min_steps: int = 0,
-                       val_checks: int = 5, device: torch.device | str = "cpu") -> dict[str, float]:
+                       val_checks: int = 5, device: torch.device | str = "cpu",
+                       decoder_warmup: float = 0.0) -> dict[str, float]:
     """Fit ``net`` on ``train`` (uint8 images ``[N, 1, *S]``, uint8 labels ``[N, *S]``); evaluate
     mean foreground Dice on ``val`` (native-shape cases) ``val_checks`` times and keep the best
     weights (loaded into ``net`` on return; ``net.core``, the U-Net or detector, is saved as
     ``run_dir/model.safetensors``). ``net``: a ``SegmentationNet`` or an ``InstanceSegNet``.
 
+    ``spec.patience`` p > 0 (if ``spec`` has it): stop at a validation check that finds the best
+    check more than p x the planned steps behind (early stopping; the schedule stays planned for
+    the whole run). ``decoder_warmup`` w: a ``SegmentationNet``'s encoder stays fixed (learning rate
+    0) for the first w x planned steps.
+
     Returns:
-        ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``.
+        ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``, ``encoder_start``.
     """
     images, labels = train
     if len(images) < spec.batch_size:  # tiny label fractions: repeat cases up to one batch (patches differ)
         reps = math.ceil(spec.batch_size / len(images))
         images, labels = torch.cat([images] * reps), torch.cat([labels] * reps)
-    epochs = planned_epochs(spec.epochs, min_steps, steps_per_epoch(len(images), spec.batch_size, False))
+    per_epoch = steps_per_epoch(len(images), spec.batch_size, False)
+    epochs = planned_epochs(spec.epochs, min_steps, per_epoch)
     checks = {round((i + 1) * epochs / max(1, val_checks)) - 1 for i in range(max(1, val_checks))}
     best = {"dice": -1.0, "epoch": -1, "state": None}
+    patience_steps = getattr(spec, "patience", 0.0) * epochs * per_epoch
+    if hasattr(net, "encoder_start"):
+        net.encoder_start = round(decoder_warmup * epochs * per_epoch)
 
     def select(epoch: int) -> dict[str, float]:
         if epoch not in checks and epoch != epochs - 1:
@@ -224,7 +240,8 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
         dice = float(np.nan_to_num(np.nanmean(means["dice"]), nan=0.0))
         if best["state"] is None or dice > best["dice"]:
             best.update(dice=dice, epoch=epoch, state=copy.deepcopy(net.core.state_dict()))
-        return {"val_dice": dice}
+        stale = (epoch - best["epoch"]) * per_epoch
+        return {"val_dice": dice, "stop": bool(patience_steps and stale > patience_steps)}
 
     data = TensorBatches(images, labels, spec.batch_size, seed, drop_last=False, device=device)
     result = fit(net, data, spec, run_dir, device=device, precision=precision, min_steps=min_steps,
@@ -232,7 +249,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     net.core.load_state_dict(best["state"])
     save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
     return {"best_epoch": best["epoch"], "val_dice": best["dice"], "seconds": result.seconds,
-            "steps": result.steps}
+            "steps": result.steps, "encoder_start": getattr(net, "encoder_start", 0)}
 
 
 def load_pretrained(unet: UNet, encoder: dict[str, torch.Tensor],

@@ -12,6 +12,7 @@ import numpy as np
 
 from medssl.io import atomic_write
 from medssl.report.blocks import from_markdown, to_html
+from medssl.stats.intervals import paired_seed_diffs
 
 EMPTY_RULE = ("Per case and class: a structure in only one of prediction and ground truth (missed or "
               "false positive) scores Dice 0, IoU 0 and HD95 = the image diagonal; a class in neither "
@@ -59,14 +60,35 @@ def segmentation_table(summary: dict, classes: list[str]) -> list[str]:
     return lines
 
 
-def delta_lines(summary: dict) -> list[str]:
-    """SSL − scratch mean Dice per label fraction."""
-    lines = []
+def paired_dice(rows: list[dict[str, Any]]) -> dict[float, tuple[float, tuple[float, float], int]]:
+    """fraction -> (mean SSL − scratch Dice, 95% t-interval, n pairs), paired by (fold, seed): both
+    arms of a pair fine-tune on the same labelled cases. The interval covers fine-tuning seeds
+    (and folds), not pretraining seeds; fractions without complete pairs are left out."""
+    arms: dict[tuple[str, float], dict[tuple, float]] = defaultdict(dict)
+    for r in rows:
+        if r.get("protocol") == "segmentation" and np.isfinite(r.get("dice_mean", np.nan)):
+            arms[(r["init"], r["fraction"])][(r["fold"], r["seed"])] = r["dice_mean"]
+    out = {}
+    for frac in sorted({f for _, f in arms}):
+        ssl, scr = arms.get(("ssl", frac), {}), arms.get(("scratch", frac), {})
+        if ssl and set(ssl) == set(scr):
+            out[frac] = paired_seed_diffs(ssl, scr)
+    return out
+
+
+def delta_lines(summary: dict, rows: list[dict[str, Any]] = ()) -> list[str]:
+    """SSL − scratch mean Dice per label fraction, with the paired interval when ``rows`` pair up."""
+    lines, paired = [], paired_dice(list(rows))
     for frac in sorted({k[1] for k in summary}):
         ssl, scr = summary.get(("ssl", frac), {}), summary.get(("scratch", frac), {})
         if "dice_mean" in ssl and "dice_mean" in scr:
             d = ssl["dice_mean"][0] - scr["dice_mean"][0]
-            lines.append(f"- fraction {frac:g}: mean Dice, SSL − scratch = {d:+.3f} "
+            ci = ""
+            if frac in paired and paired[frac][2] > 1:
+                lo, hi = paired[frac][1]
+                ci = (f" [95% paired t-interval over {paired[frac][2]} seed x fold pairs: "
+                      f"{lo:+.3f}, {hi:+.3f}]")
+            lines.append(f"- fraction {frac:g}: mean Dice, SSL − scratch = {d:+.3f}{ci} "
                          f"(SSL {_fmt(ssl['dice_mean'])}, scratch {_fmt(scr['dice_mean'])}, "
                          f"{ssl['dice_mean'][2]} runs each)")
     return lines
@@ -108,7 +130,7 @@ def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path
         lines += [f"SSL init: {ssl.get('encoder_tensors_loaded')} encoder tensors loaded from the "
                   f"pretrained encoder, {ssl.get('decoder_tensors_loaded')} decoder tensors from the "
                   "pretraining checkpoint.", ""]
-    lines += ["## SSL vs scratch", "", *(delta_lines(summary) or ["- (no SSL/scratch pair)"]), ""]
+    lines += ["## SSL vs scratch", "", *(delta_lines(summary, rows) or ["- (no SSL/scratch pair)"]), ""]
     lines += ["## Test metrics", "", *segmentation_table(summary, classes), ""]
     lines += _overlay_lines(rows)
     lines += ["## Compute", ""]

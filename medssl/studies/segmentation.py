@@ -184,7 +184,8 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
     val = ([data.images[i] for i in split["val"]], [data.labels[i] for i in split["val"]])
     fit_stats = train_segmentation(net, data.stack(idx), val, cfg.finetune, run_dir, seed,
                                    data.num_classes, roi, seg.sw_overlap, precision,
-                                   cfg.finetune.min_steps, seg.val_checks, device)
+                                   cfg.finetune.min_steps, seg.val_checks, device,
+                                   decoder_warmup=seg.decoder_warmup if pretrained is not None else 0.0)
     test = split["test"]
     t0 = time.perf_counter()
     means, preds = evaluate(net, [data.images[i] for i in test], [data.labels[i] for i in test],
@@ -197,6 +198,9 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
            "n_labelled_groups": len(set(data.groups[i] for i in idx)),
            "n_test": len(test), "classes": data.class_names, **_metric_fields(means, data.class_names),
            **fit_stats, "test_seconds": time.perf_counter() - t0, "overlays": overlays,
+           "patience": cfg.finetune.patience,
+           "encoder_lr_scale": seg.encoder_lr_scale if init == "ssl" else 1.0,
+           "decoder_warmup": seg.decoder_warmup if fit_stats["encoder_start"] else 0.0,
            "encoder_tensors_loaded": len(loaded["encoder_loaded"]),
            "decoder_tensors_loaded": len(loaded["decoder_loaded"])}
     return row

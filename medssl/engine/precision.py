@@ -84,9 +84,10 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
 def resolve_channels_last(channels_last: bool | None, precision: torch.dtype | None,
                           device: torch.device | None = None) -> bool:
     """None -> channels_last with a reduced precision. Measured here it speeds up 2D CNN training by
-    1.15-1.2x in both precisions (benchmarks/results/throughput.json), but in fp32 a fine-tuning
-    backward pass of a width-0.125 ResNet segfaulted inside oneDNN (torch 2.14.1), so fp32 keeps
-    the default memory format unless asked. On CUDA, channels_last is what tensor cores want."""
+    1.15-1.2x in both precisions (benchmarks/results/throughput.json), but in fp32 oneDNN (torch
+    2.14.1) aborts or segfaults in width-0.125 ResNet and U-Net steps at 28 px with odd batches
+    (benchmarks/channels_last_sweep.py, results/channels_last_fp32.md), so fp32 keeps the default
+    memory format unless asked. On CUDA, channels_last is what tensor cores want."""
     return precision is not None if channels_last is None else channels_last
 
 

@@ -12,6 +12,8 @@ channels_last off in fp32 because of the crashes this finds (results/channels_la
 import copy
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -20,13 +22,16 @@ from medssl.models.unet import UNet
 from medssl.registry import create_backbone
 
 
-def grads(model, x, loss_fn):
+def grads(model: torch.nn.Module, x: torch.Tensor, loss_fn: Callable) -> dict[str, torch.Tensor]:
+    """One training-mode backward; every parameter's gradient in the default memory format."""
     model.train()
     loss = loss_fn(model(x))
     loss.backward()
     return {n: p.grad.detach().clone().contiguous() for n, p in model.named_parameters()}
 
-def case(kind, width, batch, size, seed):
+
+def case(kind: str, width: float, batch: int, size: int, seed: int) -> float:
+    """The largest per-tensor gradient difference, channels_last against the default format."""
     torch.manual_seed(seed)
     bb = create_backbone("resnet18_small", 2, 1, width=width)
     x = torch.rand(batch, 1, size, size)
@@ -43,7 +48,9 @@ def case(kind, width, batch, size, seed):
     got = grads(m, x.contiguous(memory_format=torch.channels_last), loss_fn)
     return max(float((ref[n] - got[n]).abs().max() / max(float(ref[n].abs().max()), 1e-4)) for n in ref)
 
-def forked(*args):
+
+def forked(*args: Any) -> dict[str, Any]:
+    """``case(*args)`` in a forked child: its result, or its error, plus the child's wait status."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -62,6 +69,7 @@ def forked(*args):
     res = json.loads(data) if data else {}
     res["status"] = status
     return res
+
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

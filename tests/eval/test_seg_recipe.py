@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_segmentation import ThresholdNet  # tests/eval is on the path (pytest rootdir imports)
 from torch import nn
 
 from medssl.data.loaders import TensorBatches
@@ -53,21 +54,8 @@ def test_decoder_warmup_holds_the_encoder_exactly_then_lets_it_learn(dims, shape
     assert len(moved[total - 1]) == len(_weights(base.backbone))  # one step at lr > 0 moves them all
 
 
-class StillNet(nn.Module):
-    """A segmentation net that never changes: foreground where the image exceeds ``t``; its loss
-    has zero gradient, so every validation check gives the same Dice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = nn.Parameter(torch.tensor(0.5))
-
-    @property
-    def core(self) -> nn.Module:
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fg = (x > self.t).float()
-        return torch.cat([1 - fg, fg], 1) * 10
+class StillNet(ThresholdNet):
+    """``ThresholdNet`` whose loss has zero gradient, so every validation check gives the same Dice."""
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": self.t * 0 + 1}

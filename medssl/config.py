@@ -156,6 +156,9 @@ class PretrainConfig:
     # in it (at most `epochs`), and training stops after the step that passes it; for same-budget
     # method comparisons
     max_seconds: Annotated[float | None, POSITIVE] = None
+    # every this many epochs (0: never) also save the encoder as snapshots/encoder_epochNNNN.safetensors
+    # (loadable like encoder.safetensors): choose the pretraining length on validation data afterwards
+    snapshot_every: Annotated[int, AT_LEAST_0] = 0
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from pathlib import Path
@@ -163,3 +164,38 @@ def test_run_study_from_a_dict_on_real_breastmnist(tmp_path, data_dir):
     x = torch.from_numpy(np.linspace(0, 1, 2 * 28 * 28, dtype=np.float32)).reshape(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(enc(x), manual(x))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_snapshot_every_saves_the_encoder_as_it_was_after_those_epochs(tmp_path, monkeypatch, dims):
+    study_pretrain = importlib.import_module("medssl.studies.pretrain")  # the module: the package
+    # (re-exports a function of that name)
+    seen: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> the backbone's weights at its end
+    plain_fit = study_pretrain.fit
+
+    def fit(model, *args, on_epoch_end=None, **kwargs):
+        def record(epoch: int) -> dict:
+            seen[epoch + 1] = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+            return on_epoch_end(epoch) if on_epoch_end else {}
+        return plain_fit(model, *args, on_epoch_end=record, **kwargs)
+
+    monkeypatch.setattr(study_pretrain, "fit", fit)
+    x = images_2d(8, 8) if dims == 2 else torch.randint(0, 256, (8, 1, 8, 8, 8), dtype=torch.uint8)
+    enc = medssl.pretrain(x, out=tmp_path / "run", snapshot_every=2, batch_size=4,  # 2 steps/epoch
+                          **{**TINY, "epochs": 5})
+    snaps = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["encoder_epoch0002.safetensors",
+                                                        "encoder_epoch0004.safetensors"]
+    assert sorted(seen) == [1, 2, 3, 4, 5]
+    for epoch in (2, 4):
+        saved = load_weights(snaps / f"encoder_epoch{epoch:04d}.safetensors")
+        assert saved.keys() == seen[epoch].keys()
+        assert all(torch.equal(saved[k], seen[epoch][k]) for k in saved), epoch
+    moved = [k for k in seen[5] if not torch.equal(seen[4][k], seen[5][k])]
+    assert moved  # epoch 5 trained on: the last snapshot is not the final encoder
+    final = load_weights(tmp_path / "run" / "encoder.safetensors")
+    assert all(torch.equal(final[k], seen[5][k]) for k in final)
+    at2 = medssl.load_encoder(snaps / "encoder_epoch0002.safetensors")  # carries its config
+    assert at2.config == enc.config
+    with pytest.raises(MedsslError, match=r"'pretrain\.snapshot_every' must be >= 0"):
+        medssl.pretrain(x, snapshot_every=-1, **TINY)

@@ -44,6 +44,8 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     """Pretrain the encoder on ``data.images``; save ``run_dir/encoder.safetensors``.
 
     ``resume`` continues from ``run_dir/checkpoint.safetensors`` exactly (see ``medssl.engine.fit``).
+    ``pretrain.snapshot_every`` N also saves ``run_dir/snapshots/encoder_epochNNNN.safetensors``
+    after every N-th epoch.
     Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,17 +57,24 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     channels_last = resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2
     batches = TensorBatches(data.images, None, cfg.pretrain.batch_size, cfg.seed, drop_last=True,
                             device=device, channels_last=channels_last)
+    config = {"backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims,
+              "in_channels": data.in_channels, "size": data.size, "method": cfg.pretrain.method}
+    # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it
+    meta = {"method": cfg.pretrain.method, "backbone": cfg.model.backbone, "config": json.dumps(config)}
+    every = cfg.pretrain.snapshot_every
+
+    def snapshot(epoch: int) -> dict[str, Any]:
+        if every and (epoch + 1) % every == 0 and is_main():
+            save_weights(backbone, run_dir / "snapshots" / f"encoder_epoch{epoch + 1:04d}.safetensors", meta)
+        return {}
+
     result = fit(model, batches, cfg.pretrain, run_dir, device=device, precision=precision,
                  channels_last=channels_last, log_every=cfg.engine.log_every,
                  desc=f"pretrain {cfg.pretrain.method}", resume=resume,
                  checkpoint_every=cfg.engine.checkpoint_every,
                  checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds,
                  accumulate=cfg.engine.accumulate, sync_bn=cfg.engine.sync_batchnorm,
-                 tracking=cfg.engine.tracking)
-    config = {"backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims,
-              "in_channels": data.in_channels, "size": data.size, "method": cfg.pretrain.method}
-    # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it
-    meta = {"method": cfg.pretrain.method, "backbone": cfg.model.backbone, "config": json.dumps(config)}
+                 tracking=cfg.engine.tracking, on_epoch_end=snapshot if every else None)
     if is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         save_weights(backbone, run_dir / "encoder.safetensors", meta)
         console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "

@@ -10,6 +10,13 @@ shared CPU, and one seed per method says little about small differences.
     MEDSSL_DATA_DIR=../shared/data python benchmarks/methods_knn.py \\
         --budget-seconds 120 --out benchmarks/results/methods_knn.json
 
+``--seeds 0 1 2`` trains every entry (and the random-init encoder) once per seed; the table then
+gives mean ± std over seeds and, per method, the paired kNN AUC difference to the random-init
+encoder of the same seed with a t-interval over seeds. ``--resume`` keeps the rows already in
+``--out`` and runs only the missing (dataset, method, seed) triples, and ``--max-minutes`` starts no
+entry that would end past that many minutes: a long grid (21 entries x 2 datasets x 3 seeds x 5 min is
+~11 h on 2 CPU cores) runs in chunks, one per invocation.
+
 Writes the JSON and a markdown table next to it (``methods_knn.md``) after every row.
 """
 
@@ -22,8 +29,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from scipy import stats
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, steps_per_epoch
@@ -63,6 +72,7 @@ def resolve_entry(entry: str) -> tuple[str, dict]:
 def encoder_for(method: str, spatial_dims: int) -> tuple[str, float]:
     return VIT if method == "mae" else ENCODERS[spatial_dims]
 OPTIM_KEYS = ("optimizer", "lr", "weight_decay")  # PretrainConfig defaults, the same for every method
+RESUME_KEYS = ("budget_seconds", "batch_size", "seeds", "precision", "optimizer", "knn")  # must match
 
 
 def evaluate(backbone: torch.nn.Module, data: ClassificationData, precision: torch.dtype | None) -> dict:
@@ -118,31 +128,80 @@ def _batches(images: torch.Tensor, batch_size: int, seed: int) -> TensorBatches:
     return TensorBatches(images, None, batch_size, seed, device=DEVICE)
 
 
+def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> tuple[float, float, float] | None:
+    """Mean kNN AUC difference to the random-init encoder of the same backbone and seed, and its 95%
+    t-interval over seeds (None with fewer than 2 paired seeds: no interval)."""
+    keys = [(r["backbone"], r["seed"]) for r in rows]
+    diffs = [r["knn_auc"] - base[k] for r, k in zip(rows, keys, strict=True) if k in base]
+    if len(diffs) < 2:
+        return None
+    mean, half = float(np.mean(diffs)), float(stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs))
+    return mean, mean - half, mean + half
+
+
+def _pm(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+
+
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    seeds = sorted({r.get("seed", meta.get("seed", 0)) for r in rows})
     lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
              f"kNN ({meta.get('knn', 'k=20, sklearn 1/distance weights')}) and linear probe on frozen "
              "features, full train split -> test split. "
              "`> random` compares kNN AUC with the random-init encoder's.", ""]
+    if len(seeds) > 1:
+        lines += [f"Seeds {seeds}: every entry (and the random-init encoder) is pretrained once per "
+                  "seed; ± is the std over seeds; `kNN − random [95% CI]` is the mean paired difference "
+                  "to the random-init encoder of the same seed with a t-interval over those seeds "
+                  "(pretraining and initialisation variation; the test images are fixed). `> random` is "
+                  "yes when the interval excludes 0 above, **no** when the mean is not above 0, and "
+                  "unclear otherwise. Nothing is chosen on the test split.", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        sub = [r for r in rows if r["dataset"] == dataset]
-        base = {r["backbone"]: r["knn_auc"] for r in sub if r["method"] == "random-init"}
+        sub = [{"seed": meta.get("seed", 0), **r} for r in rows if r["dataset"] == dataset]
+        base = {(r["backbone"], r["seed"]): r["knn_auc"] for r in sub if r["method"] == "random-init"}
+        if len(seeds) > 1:
+            lines += [f"## {dataset}", "",
+                      "| method | encoder | seeds | epochs | img/s | kNN AUC | linear AUC "
+                      "| kNN − random [95% CI] | > random |", "|---|---|---|---|---|---|---|---|---|"]
+            for (method, backbone), group in _groups(sub).items():
+                d = None if method == "random-init" else paired(group, base)
+                beats = "" if d is None else "yes" if d[1] > 0 else "**no**" if d[0] <= 0 else "unclear"
+                lines.append(
+                    f"| {method} | {backbone} x{group[0]['width']} | {len(group)} | "
+                    f"{_mean(group, 'epochs')} | {_mean(group, 'img_per_s')} | "
+                    f"{_pm([r['knn_auc'] for r in group])} | {_pm([r['linear_auc'] for r in group])} | "
+                    f"{'' if d is None else f'{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]'} | {beats} |")
+            lines.append("")
+            continue
         lines += [f"## {dataset}", "",
                   "| method | encoder | epochs | img/s | kNN AUC | kNN acc | linear AUC | linear acc "
                   "| > random |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in sub:
-            beats = "" if r["method"] == "random-init" or r["backbone"] not in base else (
-                "yes" if r["knn_auc"] > base[r["backbone"]] else "**no**")
+            beats = "" if r["method"] == "random-init" or (r["backbone"], r["seed"]) not in base else (
+                "yes" if r["knn_auc"] > base[(r["backbone"], r["seed"])] else "**no**")
             lines.append(f"| {r['method']} | {r['backbone']} x{r['width']} | {r.get('epochs', '')} | "
                          f"{r.get('img_per_s', '')} | "
                          f"{r['knn_auc']:.3f} | {r['knn_acc']:.3f} | {r['linear_auc']:.3f} | "
                          f"{r['linear_acc']:.3f} | {beats} |")
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["backbone"]), []).append(r)
+    return groups
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows if key in r]
+    return f"{np.mean(values):.1f}" if values else ""
 
 
 def main() -> None:
@@ -154,7 +213,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16 or fp32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--resume", action="store_true", help="keep --out's rows, run only the missing ones")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no entry that would end past this many minutes (the rest: --resume)")
     parser.add_argument("--out", default="benchmarks/results/methods_knn.json")
     parser.add_argument("--note", default="", help="a sentence for meta.note, printed under the title")
     args = parser.parse_args()
@@ -165,7 +227,7 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown methods {unknown}; known: {', '.join(DEFAULT)}")
-    meta = {"budget_seconds": args.budget_seconds, "batch_size": args.batch_size, "seed": args.seed,
+    meta = {"budget_seconds": args.budget_seconds, "batch_size": args.batch_size, "seeds": args.seeds,
             "precision": "bf16" if precision else "fp32", "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "processor": platform.processor(),
@@ -173,30 +235,50 @@ def main() -> None:
             "knn": "Wu et al. 2018 vote: k=20, weights exp(cos/0.07)"}
     if args.note:
         meta["note"] = args.note.rstrip(".")
+    out, start = Path(args.out), time.monotonic()
     rows: list[dict] = []
-    out = Path(args.out)
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if {k: v for k, v in old["meta"].items() if k in RESUME_KEYS} != {k: meta[k] for k in RESUME_KEYS}:
+            parser.error(f"{out}: made with other settings ({', '.join(RESUME_KEYS)}); no --resume")
+        rows, meta["date"] = old["rows"], f"{old['meta']['date'].split(' to ')[0]} to {meta['date']}"
+    done = {(r["dataset"], r["method"], r["backbone"], r["seed"]) for r in rows}
+
+    def out_of_time() -> bool:  # would the next entry end past --max-minutes?
+        return args.max_minutes is not None and \
+            time.monotonic() - start + args.budget_seconds > 60 * args.max_minutes
+
     for flag in args.datasets.split(","):
         data = load_medmnist(flag.strip())
-        for name, width in dict.fromkeys(encoder_for(resolve_entry(m)[0], data.spatial_dims)
-                                         for m in methods):
-            seed_everything(args.seed)
-            backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
-                                       img_size=data.size)
-            rows.append({"dataset": data.name, "backbone": name, "width": width, "method": "random-init",
-                         **evaluate(backbone, data, precision)})
-            write(out, meta, rows)
+        for seed in args.seeds:
+            for name, width in dict.fromkeys(encoder_for(resolve_entry(m)[0], data.spatial_dims)
+                                             for m in methods):
+                if (data.name, "random-init", name, seed) in done:
+                    continue
+                seed_everything(seed)
+                backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
+                                           img_size=data.size)
+                rows.append({"dataset": data.name, "backbone": name, "width": width, "method": "random-init",
+                             "seed": seed, **evaluate(backbone, data, precision)})
+                write(out, meta, rows)
         for entry in methods:
             name, width = encoder_for(resolve_entry(entry)[0], data.spatial_dims)
-            info = {"dataset": data.name, "backbone": name, "width": width, "method": entry}
-            try:
-                backbone, stats = pretrain(entry, data, args.budget_seconds, args.batch_size, args.seed,
-                                           precision)
-            except MedsslError as err:  # e.g. Rubik's cube is 3D only
-                print(f"skipped {entry} on {data.name}: {err}", flush=True)
-                continue
-            rows.append({**info, **stats, **evaluate(backbone, data, precision)})
-            write(out, meta, rows)
-            print(json.dumps(rows[-1]), flush=True)
+            for seed in args.seeds:
+                if (data.name, entry, name, seed) in done:
+                    continue
+                if out_of_time():
+                    print(f"--max-minutes {args.max_minutes:g} reached: run again with --resume", flush=True)
+                    return
+                info = {"dataset": data.name, "backbone": name, "width": width, "method": entry, "seed": seed}
+                try:
+                    backbone, stats = pretrain(entry, data, args.budget_seconds, args.batch_size, seed,
+                                               precision)
+                except MedsslError as err:  # e.g. Rubik's cube is 3D only
+                    print(f"skipped {entry} on {data.name}: {err}", flush=True)
+                    break
+                rows.append({**info, **stats, **evaluate(backbone, data, precision)})
+                write(out, meta, rows)
+                print(json.dumps(rows[-1]), flush=True)
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "chosen": best, "rows": rows}, indent=1))
     lines = [f"# Pretraining length on {data.name}: validation AUC of the snapshots (test never read)", "",
              f"`python benchmarks/pretrain_length.py --config {args.config} --epochs {args.epochs} "
-             f"--every {args.every}` {' '.join('--set ' + s for s in args.set)}; pretraining "
+             f"--every {args.every}{''.join(' --set ' + s for s in args.set)}`; pretraining "
              f"{seconds / 60:.0f} min. One pretraining (seed {cfg.seed}) on the {len(data.train.images)} "
              f"training images (no labels, never validation or test); every snapshot is a point of the "
              f"same {args.epochs}-epoch cosine schedule, not a shorter run.", "",

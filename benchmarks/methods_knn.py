@@ -128,13 +128,16 @@ def _batches(images: torch.Tensor, batch_size: int, seed: int) -> TensorBatches:
     return TensorBatches(images, None, batch_size, seed, device=DEVICE)
 
 
-def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> tuple[float, float, float] | None:
+Paired = tuple[float, float | None, float | None]  # mean difference, interval low, high
+
+
+def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Paired | None:
     """Mean kNN AUC difference to the random-init encoder of the same backbone and seed, and its 95%
-    t-interval over seeds (None with fewer than 2 paired seeds: no interval)."""
+    t-interval over seeds (None, None with one paired seed; None without any)."""
     keys = [(r["backbone"], r["seed"]) for r in rows]
     diffs = [r["knn_auc"] - base[k] for r, k in zip(rows, keys, strict=True) if k in base]
     if len(diffs) < 2:
-        return None
+        return (diffs[0], None, None) if diffs else None
     mean, half = float(np.mean(diffs)), float(stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs))
     return mean, mean - half, mean + half
 
@@ -169,12 +172,15 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                       "| kNN − random [95% CI] | > random |", "|---|---|---|---|---|---|---|---|---|"]
             for (method, backbone), group in _groups(sub).items():
                 d = None if method == "random-init" else paired(group, base)
-                beats = "" if d is None else "yes" if d[1] > 0 else "**no**" if d[0] <= 0 else "unclear"
+                beats = "" if d is None else "**no**" if d[0] <= 0 else "(1 seed)" if d[1] is None else \
+                    "yes" if d[1] > 0 else "unclear"
+                diff = "" if d is None else f"{d[0]:+.3f}" + (
+                    "" if d[1] is None else f" [{d[1]:+.3f}, {d[2]:+.3f}]")
                 lines.append(
                     f"| {method} | {backbone} x{group[0]['width']} | {len(group)} | "
                     f"{_mean(group, 'epochs')} | {_mean(group, 'img_per_s')} | "
                     f"{_pm([r['knn_auc'] for r in group])} | {_pm([r['linear_auc'] for r in group])} | "
-                    f"{'' if d is None else f'{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]'} | {beats} |")
+                    f"{diff} | {beats} |")
             lines.append("")
             continue
         lines += [f"## {dataset}", "",
@@ -241,7 +247,9 @@ def main() -> None:
         old = json.loads(out.read_text())
         if {k: v for k, v in old["meta"].items() if k in RESUME_KEYS} != {k: meta[k] for k in RESUME_KEYS}:
             parser.error(f"{out}: made with other settings ({', '.join(RESUME_KEYS)}); no --resume")
-        rows, meta["date"] = old["rows"], f"{old['meta']['date'].split(' to ')[0]} to {meta['date']}"
+        first = old["meta"]["date"].split(" to ")[0]
+        rows = old["rows"]
+        meta["date"] = meta["date"] if first == meta["date"] else f"{first} to {meta['date']}"
     done = {(r["dataset"], r["method"], r["backbone"], r["seed"]) for r in rows}
 
     def out_of_time() -> bool:  # would the next entry end past --max-minutes?

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from medssl.engine.checkpoint import save_weights
 from medssl.engine.precision import autocast, model_device
 from medssl.engine.trainer import OptimSpec, planned_epochs
 from medssl.eval.metrics import classification_metrics, multilabel_metrics
+from medssl.eval.selection import BestEpoch
 from medssl.transforms.augment import ViewAugment
 
 
@@ -115,34 +115,30 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
     Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
     validation probabilities; test probabilities). ``tracking``: ``engine.tracking`` (see ``fit``).
     """
-    best = {"auc": -1.0, "epoch": -1, "state": None}
     multi = getattr(model, "multi_label", False)
     data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
                          channels_last=channels_last)
     per_epoch = len(data)
     patience = getattr(spec, "patience", 0.0)
-    planned = planned_epochs(spec.epochs, min_steps, per_epoch) if patience else 0
-    patience_steps = patience * planned * per_epoch
+    planned = planned_epochs(spec.epochs, min_steps, per_epoch) * per_epoch if patience else 0
+    best = BestEpoch(model, per_epoch, planned, patience)
 
     def select(epoch: int) -> dict[str, float]:
         probs = predict_proba(model, val[0], precision=precision)
         auc = multilabel_metrics(val[1].numpy(), probs)["auc"] if multi else \
             classification_metrics(val[1].numpy(), probs, positive_class)["auc"]
-        if auc > best["auc"]:
-            best.update(auc=auc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
-        stale = (epoch - best["epoch"]) * per_epoch
-        return {"val_auc": auc, "stop": bool(patience_steps and stale > patience_steps)}
+        return {"val_auc": auc, "stop": best.update(epoch, auc)}
 
     if select_start:
         select(-1)
     result = fit(model, data, spec, run_dir, device=device, precision=precision,
                  channels_last=channels_last, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
                  on_epoch_end=select, tracking=tracking)
-    model.load_state_dict(best["state"])
-    save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
+    model.load_state_dict(best.state)
+    save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best.epoch)})
     p_val = predict_proba(model, val[0], precision=precision)
     p_test = predict_proba(model, test[0], precision=precision)
     metrics = multilabel_metrics(test[1].numpy(), p_test) if multi else \
         classification_metrics(test[1].numpy(), p_test, positive_class)
-    return ({**metrics, "best_epoch": best["epoch"], "val_auc": best["auc"], "seconds": result.seconds,
+    return ({**metrics, "best_epoch": best.epoch, "val_auc": best.score, "seconds": result.seconds,
              "steps": result.steps, "img_per_s": result.images_per_second}, p_val, p_test)

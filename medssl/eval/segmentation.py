@@ -9,7 +9,6 @@ foreground class.
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from medssl.engine.precision import autocast, model_device
 from medssl.engine.trainer import planned_epochs
 from medssl.errors import MedsslError
 from medssl.eval.finetune import layer_lr_scales
+from medssl.eval.selection import BestEpoch
 from medssl.models.unet import UNet
 from medssl.transforms.augment import AugmentConfig, IntensityJitter
 
@@ -228,8 +228,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     per_epoch = steps_per_epoch(len(images), spec.batch_size, False)
     epochs = planned_epochs(spec.epochs, min_steps, per_epoch)
     checks = {round((i + 1) * epochs / max(1, val_checks)) - 1 for i in range(max(1, val_checks))}
-    best = {"dice": -1.0, "epoch": -1, "state": None}
-    patience_steps = getattr(spec, "patience", 0.0) * epochs * per_epoch
+    best = BestEpoch(net.core, per_epoch, epochs * per_epoch, getattr(spec, "patience", 0.0))
     if hasattr(net, "encoder_start"):
         net.encoder_start = round(decoder_warmup * epochs * per_epoch)
 
@@ -238,17 +237,14 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
             return {}
         means = evaluate(net, *val, num_classes, roi, overlap, None, precision, hd95=False)[0]
         dice = float(np.nan_to_num(np.nanmean(means["dice"]), nan=0.0))
-        if best["state"] is None or dice > best["dice"]:
-            best.update(dice=dice, epoch=epoch, state=copy.deepcopy(net.core.state_dict()))
-        stale = (epoch - best["epoch"]) * per_epoch
-        return {"val_dice": dice, "stop": bool(patience_steps and stale > patience_steps)}
+        return {"val_dice": dice, "stop": best.update(epoch, dice)}
 
     data = TensorBatches(images, labels, spec.batch_size, seed, drop_last=False, device=device)
     result = fit(net, data, spec, run_dir, device=device, precision=precision, min_steps=min_steps,
                  desc=run_dir.name, checkpoint=False, on_epoch_end=select)
-    net.core.load_state_dict(best["state"])
-    save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best["epoch"])})
-    return {"best_epoch": best["epoch"], "val_dice": best["dice"], "seconds": result.seconds,
+    net.core.load_state_dict(best.state)
+    save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best.epoch)})
+    return {"best_epoch": best.epoch, "val_dice": best.score, "seconds": result.seconds,
             "steps": result.steps, "encoder_start": getattr(net, "encoder_start", 0)}
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from scipy import stats
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, steps_per_epoch
@@ -43,6 +42,7 @@ from medssl.errors import MedsslError
 from medssl.eval.probes import extract_features, knn_probe, linear_probe
 from medssl.methods import METHODS, create_method
 from medssl.registry import create_backbone
+from medssl.stats.intervals import mean_std, t_interval
 
 DEVICE = torch.device("cpu")  # set from --device in main()
 ENCODERS = {2: ("resnet18_small", 0.5), 3: ("resnet10", 0.5)}  # cheap choices (CALIBRATION.md)
@@ -134,16 +134,15 @@ Paired = tuple[float, float | None, float | None]  # mean difference, interval l
 def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Paired | None:
     """Mean kNN AUC difference to the random-init encoder of the same backbone and seed, and its 95%
     t-interval over seeds (None, None with one paired seed; None without any)."""
-    keys = [(r["backbone"], r["seed"]) for r in rows]
-    diffs = [r["knn_auc"] - base[k] for r, k in zip(rows, keys, strict=True) if k in base]
+    diffs = [r["knn_auc"] - base[k] for r in rows if (k := (r["backbone"], r["seed"])) in base]
     if len(diffs) < 2:
         return (diffs[0], None, None) if diffs else None
-    mean, half = float(np.mean(diffs)), float(stats.t.ppf(0.975, len(diffs) - 1) * stats.sem(diffs))
-    return mean, mean - half, mean + half
+    return mean_std(diffs)[0], *t_interval(diffs)
 
 
 def _pm(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    mean, std, n = mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
 def write(out: Path, meta: dict, rows: list[dict]) -> None:

@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
 from medssl.engine import fit, resolve_device, resolve_precision, seed_everything
+from medssl.engine.precision import autocast as autocast_ctx
 from medssl.eval.segmentation import SegmentationNet
 from medssl.models.unet import UNet
 from medssl.registry import create_backbone
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for batch in batches.epoch(0):
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            with autocast_ctx(device, autocast):
                 loss = net.training_step(batch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,7 +15,9 @@ gives mean ± std over seeds and, per method, the paired kNN AUC difference to t
 encoder of the same seed with a t-interval over seeds. ``--resume`` keeps the rows already in
 ``--out`` and runs only the missing (dataset, method, seed) triples, and ``--max-minutes`` starts no
 entry that would end past that many minutes: a long grid (21 entries x 2 datasets x 3 seeds x 5 min is
-~11 h on 2 CPU cores) runs in chunks, one per invocation.
+~11 h on 2 CPU cores) runs in chunks, one per invocation. Within a dataset the grid is seed-major
+(every method's first seed, then every method's second), so an unfinished grid still covers every
+method.
 
 Writes the JSON and a markdown table next to it (``methods_knn.md``) after every row.
 """
@@ -248,6 +250,8 @@ def main() -> None:
             parser.error(f"{out}: made with other settings ({', '.join(RESUME_KEYS)}); no --resume")
         first = old["meta"]["date"].split(" to ")[0]
         rows = old["rows"]
+        if "note" in old["meta"] and "note" not in meta:  # a resumed chunk keeps the note unless given anew
+            meta["note"] = old["meta"]["note"]
         meta["date"] = meta["date"] if first == meta["date"] else f"{first} to {meta['date']}"
     done = {(r["dataset"], r["method"], r["backbone"], r["seed"]) for r in rows}
 
@@ -268,10 +272,11 @@ def main() -> None:
                 rows.append({"dataset": data.name, "backbone": name, "width": width, "method": "random-init",
                              "seed": seed, **evaluate(backbone, data, precision)})
                 write(out, meta, rows)
-        for entry in methods:
-            name, width = encoder_for(resolve_entry(entry)[0], data.spatial_dims)
-            for seed in args.seeds:
-                if (data.name, entry, name, seed) in done:
+        skipped: set[str] = set()
+        for seed in args.seeds:  # seed-major: every method's first seed before any second seed
+            for entry in methods:
+                name, width = encoder_for(resolve_entry(entry)[0], data.spatial_dims)
+                if (data.name, entry, name, seed) in done or entry in skipped:
                     continue
                 if out_of_time():
                     print(f"--max-minutes {args.max_minutes:g} reached: run again with --resume", flush=True)
@@ -282,7 +287,8 @@ def main() -> None:
                                                precision)
                 except MedsslError as err:  # e.g. Rubik's cube is 3D only
                     print(f"skipped {entry} on {data.name}: {err}", flush=True)
-                    break
+                    skipped.add(entry)
+                    continue
                 rows.append({**info, **stats, **evaluate(backbone, data, precision)})
                 write(out, meta, rows)
                 print(json.dumps(rows[-1]), flush=True)

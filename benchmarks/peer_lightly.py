@@ -1,7 +1,7 @@
 """Peer race: lightly's documented SimCLR loop against ``medssl pretrain --method simclr``.
 
 Same data (BreastMNIST training split, 546 images, 28 px, 1 channel), same backbone (medssl's
-``resnet18_small`` from ``medssl.studies.pretrain.build_backbone``, ``--width``, default 1.0), same
+``resnet18_small`` from ``medssl.studies.pretraining.build_backbone``, ``--width``, default 1.0), same
 batch and epochs, fp32 on the CPU; lightly, medssl, ceiling, lightly, medssl, ceiling, ... over
 ``--repeats`` repeats (seed = repeat index), each contender in its own process (``sys.executable``).
 
@@ -32,7 +32,7 @@ batch and epochs, fp32 on the CPU; lightly, medssl, ceiling, lightly, medssl, ce
   log does not show: ``TensorBatches.epoch`` (time blocked on the next batch), ``two_views`` (the
   augmentation, which medssl runs inside the training step on the main thread),
   ``engine.trainer._save_checkpoint`` (medssl's own checkpoints: their time is subtracted) and
-  ``studies.pretrain.fit`` (adds an ``on_epoch_end`` that saves encoder snapshots).
+  ``studies.pretraining.fit`` (adds an ``on_epoch_end`` that saves encoder snapshots).
 - **ceiling**: the matched model (backbone + medssl's projection MLP + medssl's ``nt_xent``,
   AdamW) stepping on one pre-made batch of views (made once by medssl's augmentation): no
   augmentation, no data loading; ``--ceiling-steps`` timed steps after 3 untimed warm-up steps.
@@ -111,7 +111,7 @@ def _snapshot_due(epoch: int, epochs: int, every: int) -> bool:
 
 def _backbone(width: float):
     from medssl.config import ModelConfig
-    from medssl.studies.pretrain import build_backbone
+    from medssl.studies.pretraining import build_backbone
 
     return build_backbone(ModelConfig(backbone="resnet18_small", width=width), 2, 1, 28)
 
@@ -206,8 +206,7 @@ def child_medssl(spec: dict[str, Any]) -> dict[str, Any]:
     import medssl.methods.simclr as simclr
     from medssl.cli import main as medssl_main
     from medssl.engine.checkpoint import save_weights
-
-    pretrain = importlib.import_module("medssl.studies.pretrain")  # the package's name is a function
+    from medssl.studies import pretraining as pretrain
     stats = {"wait_s": 0.0, "augment_s": 0.0, "excluded_s": 0.0, "checkpoint_s": 0.0}
     snapshots: list[dict[str, Any]] = []
     snap_dir = Path(spec["snapshots"])

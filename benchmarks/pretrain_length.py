@@ -32,7 +32,7 @@ from medssl.engine import seed_everything
 from medssl.eval.probes import extract_features, fit_linear_probe, knn_vote
 from medssl.stats.metrics import classification_metrics
 from medssl.studies.classification import ClassificationTask
-from medssl.studies.pretrain import build_backbone
+from medssl.studies.pretraining import build_backbone
 
 
 def score(backbone, data, positive: int, fraction: float, seeds: list[int]) -> dict:

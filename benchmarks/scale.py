@@ -55,7 +55,7 @@ def one(copies: int, side: int, storage: str, cache: Path, data: Path) -> dict:
     from medssl.data.cache import cache_key, cached_stack
     from medssl.data.pool import folder_pool
     from medssl.data.types import PretrainData
-    from medssl.studies.pretrain import pretrain
+    from medssl.studies.pretraining import pretrain
 
     os.environ["MEDSSL_CACHE_DIR"] = str(cache)
     torch.set_num_threads(2)

@@ -256,7 +256,7 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
     from medssl.engine.dist import init_from_env, on_main
     from medssl.methods import method_config
     from medssl.studies import pretrain as run_pretrain
-    from medssl.studies.pretrain import runtime
+    from medssl.studies.pretraining import runtime
 
     pool, name = _pool(images, size, storage)
     cfg = from_dict(StudyConfig, {

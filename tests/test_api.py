@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -168,8 +167,7 @@ def test_run_study_from_a_dict_on_real_breastmnist(tmp_path, data_dir):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_snapshot_every_saves_the_encoder_as_it_was_after_those_epochs(tmp_path, monkeypatch, dims):
-    study_pretrain = importlib.import_module("medssl.studies.pretrain")  # the module: the package
-    # (re-exports a function of that name)
+    from medssl.studies import pretraining as study_pretrain
     seen: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> the backbone's weights at its end
     plain_fit = study_pretrain.fit
 

@@ -353,7 +353,7 @@ def documented() -> dict[str, str]:
 
 def study_modules() -> list:
     """The loaded medssl modules (study drivers included) that may hold a reference to ``fit``."""
-    for name in ("medssl.studies", "medssl.studies.pretrain",
+    for name in ("medssl.studies", "medssl.studies.pretraining",
                  "medssl.studies.classification", "medssl.studies.segmentation"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

@@ -16,7 +16,7 @@ from medssl.data.types import PretrainData
 from medssl.errors import MedsslError
 from medssl.methods import method_config
 from medssl.studies.grid import Cell, Pretrained, Task, run_grid
-from medssl.studies.pretrain import build_backbone, pretrain, runtime
+from medssl.studies.pretraining import build_backbone, pretrain, runtime
 from medssl.studies.sweep import run_grid_config
 from medssl.studies.tasks import TASKS, check_study, task_for
 

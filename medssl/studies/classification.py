@@ -25,7 +25,7 @@ from medssl.eval.metrics import classification_metrics, multilabel_metrics, oper
 from medssl.eval.probes import extract_features, fit_linear_probe, knn_vote, knn_vote_multilabel
 from medssl.io import atomic_write
 from medssl.studies.grid import Cell, Pretrained
-from medssl.studies.pretrain import build_backbone, method_label, runtime
+from medssl.studies.pretraining import build_backbone, method_label, runtime
 from medssl.transforms.augment import light_augment
 
 SUPPORTED_TASKS = ("binary-class", "multi-class", "ordinal-regression", "multi-label, binary-class")

@@ -17,7 +17,7 @@ from medssl.engine import seed_everything
 from medssl.engine.checkpoint import load_weights
 from medssl.eval.probes import extract_features
 from medssl.io import atomic_write
-from medssl.studies.pretrain import build_backbone, runtime
+from medssl.studies.pretraining import build_backbone, runtime
 
 MAX_POINTS = 2000
 

@@ -23,7 +23,7 @@ from medssl.engine.precision import autocast
 from medssl.engine.trainer import make_optimizer
 from medssl.eval.finetune import Classifier
 from medssl.methods import create_method
-from medssl.studies.pretrain import build_backbone, runtime
+from medssl.studies.pretraining import build_backbone, runtime
 
 
 @dataclass

@@ -26,7 +26,7 @@ from medssl.engine.checkpoint import load_weights
 from medssl.engine.dist import barrier, is_main, local_only, on_main, rank, world_size
 from medssl.errors import MedsslError
 from medssl.methods import method_config
-from medssl.studies.pretrain import pretrain, runtime
+from medssl.studies.pretraining import pretrain, runtime
 from medssl.studies.rundir import append_row, finish_run, finished_rows, run_cell, start_run
 
 console = Console(stderr=True)

@@ -34,7 +34,7 @@ from medssl.models.maskrcnn import build_mask_rcnn
 from medssl.models.unet import UNet
 from medssl.report.overlays import save_overlay
 from medssl.studies.grid import Cell, Pretrained
-from medssl.studies.pretrain import build_backbone, runtime
+from medssl.studies.pretraining import build_backbone, runtime
 
 console = Console(stderr=True)
 

@@ -24,6 +24,7 @@ class ContextRestorationConfig:
     loss: str = "mse"  # "mse" (paper) or "l1"
     augment: bool = False  # view augmentation before corrupting
     crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
+    decoder: str = "unet"  # "unet" (skips; reusable for segmentation) or "plain" (before classification)
 
 
 class ContextRestoration(RestorativeMethod):
@@ -32,7 +33,7 @@ class ContextRestoration(RestorativeMethod):
     name = "context_restoration"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: ContextRestorationConfig) -> None:
-        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop)
+        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop, cfg.decoder)
         self.cfg = cfg
 
     def corrupt(self, x: torch.Tensor) -> Corrupted:

@@ -24,6 +24,7 @@ class DenoisingConfig:
     loss: str = "mse"  # "mse" or "l1"
     augment: bool = False  # view augmentation before corrupting
     crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
+    decoder: str = "unet"  # "unet" (skips; reusable for segmentation) or "plain" (before classification)
 
 
 class Denoising(RestorativeMethod):
@@ -32,7 +33,7 @@ class Denoising(RestorativeMethod):
     name = "denoising"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: DenoisingConfig) -> None:
-        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop)
+        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop, cfg.decoder)
         self.cfg = cfg
 
     def corrupt(self, x: torch.Tensor) -> Corrupted:

@@ -27,6 +27,7 @@ class GenesisConfig:
     loss: str = "mse"  # "mse" (paper) or "l1"
     augment: bool = False  # view augmentation before corrupting (the paper only flips)
     crop: bool = True  # no augment: random data.size-sided crops of larger (3D) inputs
+    decoder: str = "unet"  # "unet" (skips; reusable for segmentation) or "plain" (before classification)
 
 
 class Genesis(RestorativeMethod):
@@ -35,7 +36,7 @@ class Genesis(RestorativeMethod):
     name = "genesis"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, cfg: GenesisConfig) -> None:
-        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop)
+        super().__init__(backbone, augment, cfg.augment, cfg.loss, cfg.crop, cfg.decoder)
         self.cfg = cfg
 
     def corrupt(self, x: torch.Tensor) -> Corrupted:

@@ -29,20 +29,25 @@ class RestorativeMethod(GeneratorState, nn.Module):
         loss: "mse" or "l1" between the sigmoid output and the original.
         crop: without augmentation, restore random ``augment.size``-sided crops of larger inputs
             (3D volumes) instead of whole ones (``random_crop``).
+        decoder: "unet" (skip connections; its decoder can initialise a segmentation U-Net) or
+            "plain" (decodes from the deepest stage only, so the encoder's output must hold the
+            image: Chen et al. 2019's choice before classification; see ``UNet(skips=False)``).
     """
 
     name = "restorative"
 
     def __init__(self, backbone: nn.Module, augment: ViewAugment, use_augment: bool, loss: str,
-                 crop: bool = True) -> None:
+                 crop: bool = True, decoder: str = "unet") -> None:
         super().__init__()
         if not hasattr(backbone, "stages"):
             raise MedsslError(f"{self.name} needs a CNN backbone with stages() for its U-Net decoder "
                               f"(e.g. resnet18_small); got {type(backbone).__name__}")
         if loss not in ("mse", "l1"):
             raise MedsslError(f"{self.name}: loss must be mse or l1, got '{loss}'")
+        if decoder not in ("unet", "plain"):
+            raise MedsslError(f"{self.name}: decoder must be unet or plain, got '{decoder}'")
         self.backbone = backbone
-        self.net = UNet(backbone, backbone.in_channels)
+        self.net = UNet(backbone, backbone.in_channels, skips=decoder == "unet")
         self.augment = augment if use_augment else None
         self.crop = augment.size if crop else None
         self.loss_kind = loss

@@ -104,7 +104,8 @@ def test_incompatible_backbones_are_one_line_errors(name, backbone):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name,args", [("genesis", {"loss": "huber"}), ("mae", {"mask_ratio": 1.0})])
+@pytest.mark.parametrize("name,args", [("genesis", {"loss": "huber"}), ("mae", {"mask_ratio": 1.0}),
+                                       ("denoising", {"decoder": "none"})])
 def test_bad_options_are_errors(name, args):
     with pytest.raises(MedsslError):
         tiny(name, **args)
@@ -140,3 +141,21 @@ def test_reconstruction_loss_over_a_region():
     assert torch.allclose(reconstruction_loss(pred, target, region),
                           ((pred - target)[region] ** 2).mean())
     assert torch.allclose(reconstruction_loss(pred, target, kind="l1"), (pred - target).abs().mean())
+
+
+@pytest.mark.parametrize("name", ["genesis", "context_restoration", "denoising"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_plain_decoder_restores_from_the_deepest_stage_alone(name, dims):
+    """decoder=plain: the restoration is a function of the encoder's last stage only (Chen et al.'s
+    classification decoder), so the encoder must carry the image; unet also reads the shallow ones."""
+    size = 16 if dims == 2 else 24  # resnet10 (stride 32): deepest decoder block at 2^3
+    x = images(dims, n=2, size=size)
+    for decoder, reads_shallow in (("plain", False), ("unet", True)):
+        model, backbone = tiny(name, dims, size, decoder=decoder)
+        stages = [s.detach().requires_grad_() for s in backbone.stages(x)]
+        model.net.decode(stages, x.shape[2:]).sum().backward()
+        assert stages[-1].grad.abs().sum() > 0
+        assert all((s.grad is not None and s.grad.abs().sum() > 0) == reads_shallow for s in stages[:-1])
+        loss = model.training_step({"image": x})["loss"]
+        loss.backward()
+        assert torch.isfinite(loss) and backbone.net.conv1.weight.grad.abs().sum() > 0

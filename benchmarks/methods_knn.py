@@ -64,6 +64,9 @@ VARIANTS = {
     "combo_swin_like": ("combo", "swin_like"),
 }
 DEFAULT = [m for m in METHODS if m not in ("mae", "combo")] + list(VARIANTS)
+# Chen et al. 2019's decoder before classification (no U-Net skips); run on request, not by default
+VARIANTS.update({f"{m}_plain": (m, {"decoder": "plain"}) for m in ("genesis", "context_restoration",
+                                                                     "denoising")})
 
 
 def resolve_entry(entry: str) -> tuple[str, dict]:
@@ -78,14 +81,17 @@ RESUME_KEYS = ("budget_seconds", "batch_size", "seeds", "precision", "optimizer"
 
 
 def evaluate(backbone: torch.nn.Module, data: ClassificationData, precision: torch.dtype | None) -> dict:
-    """kNN (k=20) and linear probe on frozen features: full train split -> test split."""
+    """kNN (k=20) and linear probe on frozen features: full train split -> test split; also the kNN
+    AUC on the validation split (``val_knn_auc``), the number to choose a recipe by."""
     feats = {s: extract_features(backbone, getattr(data, s).images, precision=precision)
              for s in ("train", "val", "test")}
     y = {s: getattr(data, s).labels.numpy() for s in ("train", "val", "test")}
     knn = knn_probe(feats["train"], y["train"], feats["test"], y["test"], data.num_classes, 20)
+    val = knn_probe(feats["train"], y["train"], feats["val"], y["val"], data.num_classes, 20)
     lin = linear_probe(feats["train"], y["train"], feats["val"], y["val"], feats["test"], y["test"],
                        data.num_classes)
-    return {"knn_auc": knn["auc"], "knn_acc": knn["acc"], "linear_auc": lin["auc"], "linear_acc": lin["acc"]}
+    return {"knn_auc": knn["auc"], "knn_acc": knn["acc"], "linear_auc": lin["auc"], "linear_acc": lin["acc"],
+            "val_knn_auc": val["auc"]}
 
 
 def new_model(entry: str, data: ClassificationData, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -184,17 +190,20 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                     f"{diff} | {beats} |")
             lines.append("")
             continue
+        val = any("val_knn_auc" in r for r in sub)  # rows since the validation kNN was added
         lines += [f"## {dataset}", "",
                   "| method | encoder | epochs | img/s | kNN AUC | kNN acc | linear AUC | linear acc "
-                  "| > random |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  + ("| val kNN AUC " if val else "") + "| > random |",
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if val else "")]
         for r in sub:
             beats = "" if r["method"] == "random-init" or (r["backbone"], r["seed"]) not in base else (
                 "yes" if r["knn_auc"] > base[(r["backbone"], r["seed"])] else "**no**")
             lines.append(f"| {r['method']} | {r['backbone']} x{r['width']} | {r.get('epochs', '')} | "
                          f"{r.get('img_per_s', '')} | "
                          f"{r['knn_auc']:.3f} | {r['knn_acc']:.3f} | {r['linear_auc']:.3f} | "
-                         f"{r['linear_acc']:.3f} | {beats} |")
+                         f"{r['linear_acc']:.3f} | "
+                         + (f"{r['val_knn_auc']:.3f} | " if "val_knn_auc" in r else "| " if val else "")
+                         + f"{beats} |")
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
 
@@ -233,7 +242,7 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS) - set(VARIANTS))
     if unknown:
-        parser.error(f"unknown methods {unknown}; known: {', '.join(DEFAULT)}")
+        parser.error(f"unknown methods {unknown}; known: {', '.join(dict.fromkeys([*DEFAULT, *VARIANTS]))}")
     meta = {"budget_seconds": args.budget_seconds, "batch_size": args.batch_size, "seeds": args.seeds,
             "precision": "bf16" if precision else "fp32", "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -41,7 +41,7 @@ from medssl.data.medmnist import load_medmnist
 from medssl.data.types import ClassificationData
 from medssl.engine import fit, resolve_device, resolve_precision, seed_everything
 from medssl.errors import MedsslError
-from medssl.eval.probes import extract_features, knn_probe, linear_probe
+from medssl.eval.probes import extract_features, knn_probe, linear_probe, reestimate_bn
 from medssl.methods import METHODS, create_method
 from medssl.registry import create_backbone
 from medssl.stats.intervals import mean_std, t_interval
@@ -92,6 +92,13 @@ def evaluate(backbone: torch.nn.Module, data: ClassificationData, precision: tor
                        data.num_classes)
     return {"knn_auc": knn["auc"], "knn_acc": knn["acc"], "linear_auc": lin["auc"], "linear_acc": lin["acc"],
             "val_knn_auc": val["auc"]}
+
+
+def evaluate_bn(backbone: torch.nn.Module, data: ClassificationData, precision: torch.dtype | None) -> dict:
+    """``evaluate`` after re-estimating BatchNorm statistics on the whole training images (a
+    diagnostic for pretexts that train on tiles); keys prefixed ``bn_``."""
+    scores = evaluate(reestimate_bn(backbone, data.train.images), data, precision)
+    return {f"bn_{k}": scores[k] for k in ("knn_auc", "val_knn_auc", "linear_auc")}
 
 
 def new_model(entry: str, data: ClassificationData, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -191,10 +198,12 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
             lines.append("")
             continue
         val = any("val_knn_auc" in r for r in sub)  # rows since the validation kNN was added
+        bn = any("bn_knn_auc" in r for r in sub)  # --bn-reestimate
         lines += [f"## {dataset}", "",
                   "| method | encoder | epochs | img/s | kNN AUC | kNN acc | linear AUC | linear acc "
-                  + ("| val kNN AUC " if val else "") + "| > random |",
-                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if val else "")]
+                  + ("| val kNN AUC " if val else "")
+                  + ("| kNN AUC, BN re-est. | val kNN AUC, BN re-est. " if bn else "") + "| > random |",
+                  "|---" * (9 + val + 2 * bn) + "|"]
         for r in sub:
             beats = "" if r["method"] == "random-init" or (r["backbone"], r["seed"]) not in base else (
                 "yes" if r["knn_auc"] > base[(r["backbone"], r["seed"])] else "**no**")
@@ -203,6 +212,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                          f"{r['knn_auc']:.3f} | {r['knn_acc']:.3f} | {r['linear_auc']:.3f} | "
                          f"{r['linear_acc']:.3f} | "
                          + (f"{r['val_knn_auc']:.3f} | " if "val_knn_auc" in r else "| " if val else "")
+                         + (f"{r['bn_knn_auc']:.3f} | {r['bn_val_knn_auc']:.3f} | " if "bn_knn_auc" in r
+                            else "| | " if bn else "")
                          + f"{beats} |")
         lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
@@ -234,6 +245,9 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no entry that would end past this many minutes (the rest: --resume)")
     parser.add_argument("--out", default="benchmarks/results/methods_knn.json")
+    parser.add_argument("--bn-reestimate", action="store_true",
+                        help="also score each encoder after re-estimating BatchNorm statistics on the "
+                             "training images (bn_* keys; the main columns are unchanged)")
     parser.add_argument("--note", default="", help="a sentence for meta.note, printed under the title")
     args = parser.parse_args()
     global DEVICE
@@ -279,7 +293,8 @@ def main() -> None:
                 backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
                                            img_size=data.size)
                 rows.append({"dataset": data.name, "backbone": name, "width": width, "method": "random-init",
-                             "seed": seed, **evaluate(backbone, data, precision)})
+                             "seed": seed, **evaluate(backbone, data, precision),
+                             **(evaluate_bn(backbone, data, precision) if args.bn_reestimate else {})})
                 write(out, meta, rows)
         skipped: set[str] = set()
         for seed in args.seeds:  # seed-major: every method's first seed before any second seed
@@ -298,7 +313,8 @@ def main() -> None:
                     print(f"skipped {entry} on {data.name}: {err}", flush=True)
                     skipped.add(entry)
                     continue
-                rows.append({**info, **stats, **evaluate(backbone, data, precision)})
+                rows.append({**info, **stats, **evaluate(backbone, data, precision),
+                             **(evaluate_bn(backbone, data, precision) if args.bn_reestimate else {})})
                 write(out, meta, rows)
                 print(json.dumps(rows[-1]), flush=True)
     print(f"wrote {out} and {out.with_suffix('.md')}")

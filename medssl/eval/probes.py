@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from medssl.engine.precision import autocast, model_device
 from medssl.eval.metrics import classification_metrics, multilabel_metrics
@@ -27,6 +29,17 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, batch_size: int 
         with autocast(device, precision):
             out.append(backbone(x).float().cpu())
     return torch.cat(out).numpy()
+
+
+def reestimate_bn(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """A copy of ``backbone`` whose BatchNorm statistics are recomputed on ``images`` (uint8
+    [N, C, *S]) as they are, in eval mode (AdaBN, Li et al. 2016). Pretexts that train the encoder
+    on tiles (jigsaw, relative location, Rubik's cube) leave tile statistics that whole images do not
+    have. ``torch.optim.swa_utils.update_bn`` does the recomputation (cumulative average)."""
+    model, device = copy.deepcopy(backbone), model_device(backbone)
+    batches = (images[s:s + batch_size].float().div(255) for s in range(0, len(images), batch_size))
+    update_bn(batches, model, device=device)
+    return model.eval()
 
 
 def _full_probs(probs: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:

@@ -3,6 +3,7 @@ selected on validation only, and the selected model is the one tested."""
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -17,7 +18,8 @@ from torch import nn
 from medssl.engine.checkpoint import load_weights
 from medssl.eval import finetune as finetune_module
 from medssl.eval.finetune import Classifier
-from medssl.eval.probes import knn_probe, knn_vote, linear_probe
+from medssl.eval.probes import knn_probe, knn_vote, linear_probe, reestimate_bn
+from medssl.registry import create_backbone
 
 
 def naive_vote(train_x, train_y, test_x, num_classes, k, temperature):
@@ -114,3 +116,33 @@ def test_finetune_keeps_the_best_validation_epoch_and_tests_that_checkpoint(monk
     assert p_val.shape == p_test.shape == (len(test[0]), 2) and np.allclose(p_test.sum(1), 1)
     assert torch.equal(model.head.weight, torch.tensor([[0.0, 0.0], [20.0, 0.0]]))
     assert torch.equal(load_weights(tmp_path / "model.safetensors")["head.weight"], model.head.weight)
+
+
+@pytest.mark.parametrize("name,dims,size", [("resnet18_small", 2, 16), ("resnet10", 3, 16)])
+def test_reestimate_bn_gives_the_statistics_of_the_images_themselves(name, dims, size):
+    """Each BatchNorm's running mean/var become the average over batches of its input's batch mean
+    and unbiased variance (recorded with hooks on a naive train-mode pass); the original is untouched."""
+    backbone = create_backbone(name, dims, 1, width=0.125)
+    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:  # statistics from "somewhere else" (e.g. tiles)
+        bn.running_mean.fill_(3.0), bn.running_var.fill_(7.0)
+    images = torch.randint(0, 256, (10, 1, *[size] * dims), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    new = reestimate_bn(backbone, images, batch_size=4)  # 3 batches: 4, 4, 2
+    ref = copy.deepcopy(backbone).train()  # train mode: later layers see what update_bn's passes saw
+    ref_bns = [m for m in ref.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    inputs: dict[int, list[torch.Tensor]] = {}
+    for i, bn in enumerate(ref_bns):
+        bn.register_forward_pre_hook(lambda m, a, i=i: inputs.setdefault(i, []).append(a[0].detach()))
+    with torch.no_grad():
+        for start in range(0, 10, 4):
+            ref(images[start:start + 4].float() / 255)
+    new_bns = [m for m in new.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for i, new_bn in enumerate(new_bns):
+        channels_first = [x.transpose(0, 1).flatten(1) for x in inputs[i]]
+        assert len(channels_first) == 3
+        mean = sum(c.mean(1) for c in channels_first) / 3
+        var = sum(c.var(1, unbiased=True) for c in channels_first) / 3
+        torch.testing.assert_close(new_bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(new_bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert all(float(bn.running_mean[0]) == 3.0 for bn in bns) and not new.training

@@ -278,6 +278,10 @@ def main() -> None:
         meta["date"] = meta["date"] if first == meta["date"] else f"{first} to {meta['date']}"
     done = {(r["dataset"], r["method"], r["backbone"], r["seed"]) for r in rows}
 
+    def score(backbone: torch.nn.Module, data: ClassificationData) -> dict:
+        return {**evaluate(backbone, data, precision),
+                **(evaluate_bn(backbone, data, precision) if args.bn_reestimate else {})}
+
     def out_of_time() -> bool:  # would the next entry end past --max-minutes?
         return args.max_minutes is not None and \
             time.monotonic() - start + args.budget_seconds > 60 * args.max_minutes
@@ -293,8 +297,7 @@ def main() -> None:
                 backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
                                            img_size=data.size)
                 rows.append({"dataset": data.name, "backbone": name, "width": width, "method": "random-init",
-                             "seed": seed, **evaluate(backbone, data, precision),
-                             **(evaluate_bn(backbone, data, precision) if args.bn_reestimate else {})})
+                             "seed": seed, **score(backbone, data)})
                 write(out, meta, rows)
         skipped: set[str] = set()
         for seed in args.seeds:  # seed-major: every method's first seed before any second seed
@@ -313,8 +316,7 @@ def main() -> None:
                     print(f"skipped {entry} on {data.name}: {err}", flush=True)
                     skipped.add(entry)
                     continue
-                rows.append({**info, **stats, **evaluate(backbone, data, precision),
-                             **(evaluate_bn(backbone, data, precision) if args.bn_reestimate else {})})
+                rows.append({**info, **stats, **score(backbone, data)})
                 write(out, meta, rows)
                 print(json.dumps(rows[-1]), flush=True)
     print(f"wrote {out} and {out.with_suffix('.md')}")

@@ -173,8 +173,9 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                   "seed; ± is the std over seeds; `kNN − random [95% CI]` is the mean paired difference "
                   "to the random-init encoder of the same seed with a t-interval over those seeds "
                   "(pretraining and initialisation variation; the test images are fixed). `> random` is "
-                  "yes when the interval excludes 0 above, **no** when the mean is not above 0, and "
-                  "unclear otherwise. Nothing is chosen on the test split.", ""]
+                  "yes when the interval excludes 0 above, **no** when the mean is not above 0, "
+                  "unclear otherwise, and (1 seed) while an entry has only one seed. Nothing is chosen on "
+                  "the test split.", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
@@ -186,7 +187,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                       "| kNN − random [95% CI] | > random |", "|---|---|---|---|---|---|---|---|---|"]
             for (method, backbone), group in _groups(sub).items():
                 d = None if method == "random-init" else paired(group, base)
-                beats = "" if d is None else "**no**" if d[0] <= 0 else "(1 seed)" if d[1] is None else \
+                # one seed has no interval: its sign alone says neither yes nor no
+                beats = "" if d is None else "(1 seed)" if d[1] is None else "**no**" if d[0] <= 0 else \
                     "yes" if d[1] > 0 else "unclear"
                 diff = "" if d is None else f"{d[0]:+.3f}" + (
                     "" if d[1] is None else f" [{d[1]:+.3f}, {d[2]:+.3f}]")

@@ -224,7 +224,8 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
              batch_size: int = PretrainConfig.batch_size, size: int | None = None,
              out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
              device: str = "auto", precision: str = "auto", method_args: dict[str, Any] | None = None,
-             seed: int = 0, storage: str = "auto", **pretrain_overrides: Any) -> Encoder:
+             seed: int = 0, storage: str = "auto", compile: bool = False, **pretrain_overrides: Any
+             ) -> Encoder:
     """Pretrain an encoder on your own unlabelled images; return it (see :class:`Encoder`).
 
     Args:
@@ -247,6 +248,8 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
             checkpoint; None: a temporary one, deleted on return (keep the result with ``.save``).
         overwrite, resume: replace ``out``, or continue it from its last checkpoint.
         device, precision: as ``engine.device`` / ``engine.precision`` (``"auto"``: CUDA, bf16...).
+        compile: as ``engine.compile``: ``torch.compile`` the backbone and heads (a one-off compile,
+            then faster steps where kernels fuse, mostly on GPUs).
         storage: for a folder, ``"memory"``, ``"disk"`` (a persistent memory-mapped cache under
             ``$MEDSSL_CACHE_DIR``, for data larger than RAM) or ``"auto"`` (disk above half the
             available memory); see ``medssl.data.cache``.
@@ -262,7 +265,7 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
     cfg = from_dict(StudyConfig, {
         "name": name, "seed": seed, "data": {"dataset": name, "size": pool.size},
         "model": {"backbone": backbone, "width": width},
-        "engine": {"device": device, "precision": precision},
+        "engine": {"device": device, "precision": precision, "compile": compile},
         "pretrain": {"method": method, "epochs": epochs, "batch_size": batch_size,
                      "method_args": dict(method_args or {}), **pretrain_overrides}}, "medssl.pretrain")
     method_config(cfg.pretrain.method, cfg.pretrain.method_args)

@@ -134,6 +134,9 @@ class EngineConfig:
     # global batch, each micro-batch is batch_size / (accumulate x processes))
     accumulate: Annotated[int, AT_LEAST_1] = 1
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
+    # torch.compile (inductor) the model's parts in place (medssl.engine.compile_parts): a one-off
+    # compile per shape and mode, then faster steps where kernels fuse (GPUs); checkpoints unchanged
+    compile: bool = False
     # mirror the log.jsonl rows to these trackers (run_dir/tensorboard); needs medssl[tracking]
     tracking: Annotated[list[str], Check(choices=("tensorboard", "mlflow"))] = field(default_factory=list)
 

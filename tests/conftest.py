@@ -27,3 +27,21 @@ def data_dir() -> Path:
     path = Path(value)
     assert (path / "breastmnist" / "breastmnist.npz").is_file(), f"real data missing under {path}"
     return path
+
+
+@pytest.fixture
+def compiled_parts(monkeypatch) -> list[str]:
+    """``engine.compile`` through dynamo's eager backend (traced, not inductor-compiled: fast):
+    the class names of the models whose parts ``fit`` compiled, in order."""
+    import medssl.engine.trainer as trainer
+
+    names: list[str] = []
+    real = trainer.compile_parts
+
+    def record(model):
+        names.append(type(model).__name__)
+        return real(model, backend="eager")
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(trainer, "compile_parts", record)
+    return names

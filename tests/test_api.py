@@ -165,6 +165,15 @@ def test_run_study_from_a_dict_on_real_breastmnist(tmp_path, data_dir):
         assert torch.equal(enc(x), manual(x))
 
 
+@pytest.mark.slow
+def test_engine_compile_reaches_pretraining_and_fine_tuning(tmp_path, data_dir, compiled_parts):
+    cfg = {**TINY_STUDY, "output_dir": str(tmp_path), "engine": {"precision": "fp32", "compile": True}}
+    run = medssl.run_study(cfg)
+    assert compiled_parts == ["SimCLR", "Classifier", "Classifier"]  # pretraining; ssl and scratch cells
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert all(r["flops_per_sample"] > 0 for r in rows if r["protocol"] == "finetune")  # counted eagerly
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_snapshot_every_saves_the_encoder_as_it_was_after_those_epochs(tmp_path, monkeypatch, dims):
     from medssl.studies import pretraining as study_pretrain

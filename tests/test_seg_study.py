@@ -90,6 +90,15 @@ def test_tiny_3d_hippocampus_study(tmp_path, capsys, data_dir):
 
 
 @pytest.mark.slow
+def test_engine_compile_reaches_3d_pretraining_and_segmentation(tmp_path, capsys, data_dir, compiled_parts):
+    sets = [*TINY_3D, "finetune.fractions=[1.0]", "engine.compile=true"]
+    code = main(_args("configs/hippocampus.yaml", tmp_path, "c", sets))
+    assert code == 0, capsys.readouterr().err
+    assert compiled_parts[0] != "SegmentationNet" and compiled_parts[1:] == ["SegmentationNet"] * 2
+    _check_rows(_rows(tmp_path / "c"), 2, ["anterior", "posterior"])  # ssl and scratch
+
+
+@pytest.mark.slow
 def test_tiny_2d_isbi_study(tmp_path, capsys, data_dir):
     code = main(_args("configs/isbi2012.yaml", tmp_path, "i", TINY_2D))
     assert code == 0, capsys.readouterr().err

@@ -22,11 +22,12 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def flops_per_sample(model: nn.Module, sample: torch.Tensor) -> int:
-    """Forward FLOPs of ``model`` on one input ``[1, C, *S]`` (float, on the model's device)."""
+    """Forward FLOPs of ``model`` on one input ``[1, C, *S]`` (float, on the model's device);
+    compiled parts (``engine.compile``) run eagerly here, where the counter sees every op."""
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
             model(sample)
     finally:
         model.train(was_training)

@@ -102,6 +102,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def compile_parts(model: nn.Module, **options: Any) -> nn.Module:
+    """``torch.compile`` each direct submodule of ``model`` that holds parameters (backbone,
+    projector, head, U-Net...), in place with ``nn.Module.compile(**options)`` (default: inductor):
+    parameter names, state dicts and checkpoints stay those of the eager model, and
+    ``training_step`` (augmentation, queues, EMA updates, the loss) stays eager, where its random
+    and data-dependent code would break graphs. Returns ``model``."""
+    for part in model.children():
+        if next(part.parameters(), None) is not None:
+            part.compile(**options)
+    return model
+
+
 def planned_epochs(epochs: int, min_steps: int, per_epoch: int) -> int:
     """The epochs ``fit`` plans: ``epochs``, or more when they hold fewer than ``min_steps`` steps."""
     return max(epochs, math.ceil(min_steps / max(1, per_epoch)))
@@ -139,7 +151,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         checkpoint: bool = True, checkpoint_every: int = 10, checkpoint_steps: int = 0,
         resume: bool = False, on_epoch_end: Callable[[int], dict[str, Any]] | None = None,
         max_seconds: float | None = None, accumulate: int = 1, sync_bn: bool = False,
-        tracking: Sequence[str] = ()) -> FitResult:
+        tracking: Sequence[str] = (), compile: bool = False) -> FitResult:
     """Train ``model`` on ``data`` (batches on ``device``) for ``spec.epochs`` epochs (at least
     ``min_steps`` steps) under ``precision`` autocast (None: fp32; fp16 adds a gradient scaler).
 
@@ -160,7 +172,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
     under DDP (CUDA). Under ``torchrun`` the batches are this rank's share (``TensorBatches``).
     ``tracking`` (``engine.tracking``, e.g. ``["tensorboard"]``) mirrors every log.jsonl row to
-    those trackers under ``run_dir`` (``medssl.engine.tracking``).
+    those trackers under ``run_dir`` (``medssl.engine.tracking``). ``compile`` (``engine.compile``):
+    :func:`compile_parts` of the model before training (the first step pays the compile time).
     """
     device = torch.device(device)
     per_epoch = len(data)
@@ -180,6 +193,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if compile:
+        compile_parts(inner)
     if not wrapped and is_distributed():
         model, wrapped = wrap_ddp(TrainStep(inner), device), True
     step_fn = model if wrapped else inner.training_step

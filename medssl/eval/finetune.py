@@ -103,7 +103,7 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
              spec: FinetuneSpec, run_dir: Path, seed: int, positive_class: int = 1,
              precision: torch.dtype | None = None, channels_last: bool = False,
              min_steps: int = 0, device: torch.device | str = "cpu", tracking: Sequence[str] = (),
-             select_start: bool = False
+             select_start: bool = False, compile: bool = False
              ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Train on ``train`` (uint8 images, labels) on ``device``; keep the epoch with the best
     validation AUC (the earliest of equal ones); predict validation and test with it. With
@@ -113,7 +113,8 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
     probe (LP-FT): fine-tuning then never ends below the probe on validation data.
 
     Returns (test metrics plus ``best_epoch``, ``val_auc``, ``seconds``, ``steps``, ``img_per_s``;
-    validation probabilities; test probabilities). ``tracking``: ``engine.tracking`` (see ``fit``).
+    validation probabilities; test probabilities). ``tracking``, ``compile``: ``engine.tracking``,
+    ``engine.compile`` (see ``fit``).
     """
     multi = getattr(model, "multi_label", False)
     data = TensorBatches(train[0], train[1], spec.batch_size, seed, drop_last=False, device=device,
@@ -133,7 +134,7 @@ def finetune(model: Classifier, train: tuple[torch.Tensor, torch.Tensor],
         select(-1)
     result = fit(model, data, spec, run_dir, device=device, precision=precision,
                  channels_last=channels_last, min_steps=min_steps, desc=run_dir.name, checkpoint=False,
-                 on_epoch_end=select, tracking=tracking)
+                 on_epoch_end=select, tracking=tracking, compile=compile)
     model.load_state_dict(best.state)
     save_weights(model, run_dir / "model.safetensors", {"best_epoch": str(best.epoch)})
     p_val = predict_proba(model, val[0], precision=precision)

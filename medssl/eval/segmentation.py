@@ -207,7 +207,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                        seed: int, num_classes: int, roi: Sequence[int], overlap: float,
                        precision: torch.dtype | None = None, min_steps: int = 0,
                        val_checks: int = 5, device: torch.device | str = "cpu",
-                       decoder_warmup: float = 0.0) -> dict[str, float]:
+                       decoder_warmup: float = 0.0, compile: bool = False) -> dict[str, float]:
     """Fit ``net`` on ``train`` (uint8 images ``[N, 1, *S]``, uint8 labels ``[N, *S]``); evaluate
     mean foreground Dice on ``val`` (native-shape cases) ``val_checks`` times and keep the best
     weights (loaded into ``net`` on return; ``net.core``, the U-Net or detector, is saved as
@@ -216,7 +216,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     ``spec.patience`` p > 0 (if ``spec`` has it): stop at a validation check that finds the best
     check more than p x the planned steps behind (early stopping; the schedule stays planned for
     the whole run). ``decoder_warmup`` w: a ``SegmentationNet``'s encoder stays fixed (learning rate
-    0) for the first w x planned steps.
+    0) for the first w x planned steps. ``compile``: ``engine.compile`` (see ``fit``).
 
     Returns:
         ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``, ``encoder_start``.
@@ -241,7 +241,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
 
     data = TensorBatches(images, labels, spec.batch_size, seed, drop_last=False, device=device)
     result = fit(net, data, spec, run_dir, device=device, precision=precision, min_steps=min_steps,
-                 desc=run_dir.name, checkpoint=False, on_epoch_end=select)
+                 desc=run_dir.name, checkpoint=False, on_epoch_end=select, compile=compile)
     net.core.load_state_dict(best.state)
     save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best.epoch)})
     return {"best_epoch": best.epoch, "val_dice": best.score, "seconds": result.seconds,

@@ -111,7 +111,7 @@ class ClassificationTask:
             cfg.finetune, run_dir, cell.seed, cfg.data.positive_class, precision,
             resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2,
             cfg.finetune.min_steps, device, tracking=cfg.engine.tracking,
-            select_start=lp_ft)
+            select_start=lp_ft, compile=cfg.engine.compile)
         predictions.update({"finetune_val": p_val, "finetune_test": p_test})
         sample = data.test.images[:1].to(device).float() / 255
         compute = {"params": count_params(model), "flops_per_sample": flops_per_sample(model, sample),

@@ -74,7 +74,8 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
                  checkpoint_every=cfg.engine.checkpoint_every,
                  checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds,
                  accumulate=cfg.engine.accumulate, sync_bn=cfg.engine.sync_batchnorm,
-                 tracking=cfg.engine.tracking, on_epoch_end=snapshot if every else None)
+                 tracking=cfg.engine.tracking, on_epoch_end=snapshot if every else None,
+                 compile=cfg.engine.compile)
     if is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         save_weights(backbone, run_dir / "encoder.safetensors", meta)
         console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "

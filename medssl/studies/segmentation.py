@@ -185,7 +185,8 @@ def _one_run(cfg: StudyConfig, data: SegmentationData, split: dict, cell: Cell,
     fit_stats = train_segmentation(net, data.stack(idx), val, cfg.finetune, run_dir, seed,
                                    data.num_classes, roi, seg.sw_overlap, precision,
                                    cfg.finetune.min_steps, seg.val_checks, device,
-                                   decoder_warmup=seg.decoder_warmup if pretrained is not None else 0.0)
+                                   decoder_warmup=seg.decoder_warmup if pretrained is not None else 0.0,
+                                   compile=cfg.engine.compile)
     test = split["test"]
     t0 = time.perf_counter()
     means, preds = evaluate(net, [data.images[i] for i in test], [data.labels[i] for i in test],

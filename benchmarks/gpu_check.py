@@ -16,6 +16,8 @@ cross-entropy) and segmentation (``SegmentationNet``, U-Net over resnet10 w0.25,
     ``AUTOCAST`` below.
 (b) Throughput: ``fit`` for ``--steps`` steps on ``TensorBatches`` on CUDA in bf16 and fp16
     (bf16 skipped, with a note, where the GPU lacks it): images/s and peak GPU memory.
+(b') ``engine.compile``: the same parity step and throughput with ``compile_parts`` (inductor on
+    CUDA: needs triton) in the GPU's autocast dtype (bf16, else fp16); the mode reads "... compile".
 (c) ``medssl study configs/demo.yaml --set engine.device=cuda`` with tiny settings on BreastMNIST
     when ``$MEDSSL_DATA_DIR`` holds it.
 
@@ -36,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -44,7 +46,7 @@ from torch import nn
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
-from medssl.engine import fit, seed_everything
+from medssl.engine import compile_parts, fit, seed_everything
 from medssl.engine.precision import autocast, grad_scaler, resolve_channels_last
 from medssl.eval.finetune import Classifier
 from medssl.eval.segmentation import SegmentationNet
@@ -311,8 +313,9 @@ def _name(dtype: torch.dtype | None) -> str:
 
 
 def throughput(case: Case, device: torch.device, dtype: torch.dtype | None,
-               warmup: int = 3) -> tuple[float, float]:
-    """(images/s, peak GPU memory in MiB) of ``fit`` on ``case`` (after ``warmup`` steps)."""
+               warmup: int = 3, compile: bool = False) -> tuple[float, float]:
+    """(images/s, peak GPU memory in MiB) of ``fit`` on ``case`` (after ``warmup`` steps, which
+    include the compilation under ``compile``)."""
     model = case.build()
     spatial = case.images.dim() - 2
     channels_last = resolve_channels_last(None, dtype) and spatial == 2
@@ -320,7 +323,8 @@ def throughput(case: Case, device: torch.device, dtype: torch.dtype | None,
     warm = TensorBatches(case.images[:case.batch_size * warmup],
                          None if case.labels is None else case.labels[:case.batch_size * warmup],
                          case.batch_size, 0, device=device, channels_last=channels_last)
-    fit(model, warm, spec, None, device=device, precision=dtype, channels_last=channels_last)
+    fit(model, warm, spec, None, device=device, precision=dtype, channels_last=channels_last,
+        compile=compile)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     data = TensorBatches(case.images, case.labels, case.batch_size, 1, device=device,
@@ -378,6 +382,12 @@ def main() -> int:
             rows.append((parity, ips, mem))
             failed += [f"{case.name} {_name(dtype)}: {f}" for f in parity.failures]
             print(_row(parity, ips, mem), flush=True)
+        parity = check_parity(case, device, dtypes[0], reference=ref, perturb=compile_parts)
+        parity = replace(parity, mode=f"{parity.mode} compile")
+        ips, mem = throughput(case, device, dtypes[0], compile=True)
+        rows.append((parity, ips, mem))
+        failed += [f"{case.name} {parity.mode}: {f}" for f in parity.failures]
+        print(_row(parity, ips, mem), flush=True)
     ok, note = (True, "skipped (--skip-study)") if args.skip_study else study(str(device))
     if not ok:
         failed.append(f"study: {note}")

@@ -18,7 +18,7 @@ from torch import nn
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
-from medssl.engine import fit, seed_everything
+from medssl.engine import compile_parts, fit, seed_everything
 from medssl.engine import trainer as trainer_module
 from medssl.engine.checkpoint import load_checkpoint, load_weights
 from medssl.engine.precision import grad_scaler, resolve_device, resolve_precision
@@ -264,6 +264,15 @@ def test_parity_checker_passes_the_same_path_and_catches_a_perturbed_model(index
     off = gpu_check.check_parity(case, "cpu", None, reference=reference, perturb=perturb)
     assert not off.ok and any("of its norm" in f for f in off.failures), off  # whole-gradient check
     assert any("of its scale" in f for f in off.failures), off  # per-tensor check
+
+
+@pytest.mark.parametrize("index", [0, 3], ids=["pretrain2d", "segment3d"])
+def test_compiled_step_is_within_the_fp32_tolerance(index):
+    """engine.compile's parts (inductor on this CPU) step like eager within the tolerance the GPU
+    check holds a CUDA fp32 step to: what gpu_check's "compile" rows assert on a GPU."""
+    torch._dynamo.reset()
+    result = gpu_check.check_parity(tiny_cases()[index], "cpu", None, perturb=compile_parts)
+    assert result.ok, result
 
 
 def test_parity_checker_names_a_gradient_left_scaled():

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -103,7 +102,7 @@ def child(variant: str, args: argparse.Namespace) -> dict:
 def run(variant: str, args: argparse.Namespace) -> dict:
     argv = [sys.executable, __file__, "--child", variant, "--width", str(args.width), "--batch",
             str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    out = subprocess.run(argv, capture_output=True, text=True, env=os.environ)
+    out = subprocess.run(argv, capture_output=True, text=True)  # inherits MEDSSL_DATA_DIR
     if out.returncode:
         raise SystemExit(f"{variant}: exit status {out.returncode}\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -155,8 +154,8 @@ def main() -> None:
         summary[v] = {"median": statistics.median(ips), "min": min(ips), "max": max(ips),
                       "warmup_s": statistics.median(x["warmup_s"] for x in runs if x["variant"] == v)}
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "args": {k: v for k, v in vars(args).items() if k != "out"} | {
-                  "out": str(args.out)}, "runs": runs, "summary": summary}
+              "torch": torch.__version__, "args": {**vars(args), "out": str(args.out)}, "runs": runs,
+              "summary": summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     write_md(report, args.out.with_suffix(".md"))

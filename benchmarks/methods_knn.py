@@ -109,6 +109,11 @@ def new_model(entry: str, data: ClassificationData, seed: int) -> tuple[torch.nn
     return backbone, create_method(method, backbone, data.spatial_dims, data.size, args)
 
 
+def schedule(epochs: int, batch_size: int) -> PretrainConfig:
+    """Every entry's pretraining recipe: PretrainConfig defaults, warm-up 10% of epochs (at most 2)."""
+    return PretrainConfig(epochs=epochs, batch_size=batch_size, warmup_epochs=min(2.0, 0.1 * epochs))
+
+
 def pretrain(method: str, data: ClassificationData, budget: float, batch_size: int, seed: int,
              precision: torch.dtype | None) -> tuple[torch.nn.Module, dict]:
     """Train ``method`` for ``budget`` seconds; returns the backbone and the training stats."""
@@ -120,7 +125,7 @@ def pretrain(method: str, data: ClassificationData, budget: float, batch_size: i
     ips = batch_size * 2 / max(1e-9, _time_steps(probe, images, batch_size, seed, precision))
     per_epoch = steps_per_epoch(len(images), batch_size, True)
     epochs = max(1, round(budget * ips / (per_epoch * batch_size)))
-    spec = PretrainConfig(epochs=epochs, batch_size=batch_size, warmup_epochs=min(2.0, 0.1 * epochs))
+    spec = schedule(epochs, batch_size)
     backbone, model = new_model(method, data, seed)
     result = fit(model, _batches(images, batch_size, seed), spec, None, device=DEVICE, precision=precision,
                  checkpoint=False,

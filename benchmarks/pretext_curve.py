@@ -1,7 +1,7 @@
 """Frozen-feature quality along one pretraining: does a pretext help early and hurt later?
 
 Replays a ``methods_knn`` entry's schedule (its planned epochs, cosine decay, warm-up, seed) without
-the wall-clock cut and scores the encoder every ``--every`` epochs, and at epoch 0 (the random-init
+the wall-clock cut and scores the encoder at ``--points`` evenly spaced epochs and at epoch 0 (the random-init
 encoder of that seed, the ``random-init`` row of ``methods_knn``): kNN AUC (k=20, Wu et al. 2018
 vote, full train split as the bank) on the validation and on the test split. A curve that rises
 then falls says the pretext learns something useful first and a shortcut after; a curve that never
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from methods_knn import new_model
+from methods_knn import new_model, schedule
 
-from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
 from medssl.data.medmnist import load_medmnist
 from medssl.data.types import ClassificationData
@@ -46,7 +45,7 @@ def curve(entry: str, data: ClassificationData, epochs: int, every: int, batch_s
     backbone, model = new_model(entry, data, seed)
     backbone.to(device)
     points = [{"epoch": 0, **knn_scores(backbone, data, precision)}]
-    spec = PretrainConfig(epochs=epochs, batch_size=batch_size, warmup_epochs=min(2.0, 0.1 * epochs))
+    spec = schedule(epochs, batch_size)  # the grid entry's recipe
 
     def on_epoch_end(epoch: int) -> dict:
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
@@ -114,7 +113,7 @@ def main() -> None:
     for entry in [m.strip() for m in args.methods.split(",") if m.strip()]:
         epochs = planned_epochs(args.results, data.name, entry, args.seed)
         t0 = time.monotonic()
-        points = curve(entry, data, epochs, max(1, int(np.ceil(epochs / args.points))), args.batch_size,
+        points = curve(entry, data, epochs, max(1, math.ceil(epochs / args.points)), args.batch_size,
                        args.seed, device, precision)
         runs.append({"method": entry, "epochs": epochs, "minutes": round((time.monotonic() - t0) / 60, 1),
                      "points": points})

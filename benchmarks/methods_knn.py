@@ -17,7 +17,10 @@ encoder of the same seed with a t-interval over seeds. ``--resume`` keeps the ro
 entry that would end past that many minutes: a long grid (21 entries x 2 datasets x 3 seeds x 5 min is
 ~11 h on 2 CPU cores) runs in chunks, one per invocation. Within a dataset the grid is seed-major
 (every method's first seed, then every method's second), so an unfinished grid still covers every
-method.
+method. ``--reference-seeds 3 4 ...`` adds random-init encoders of more seeds (an evaluation each,
+no training): the table then also compares every entry with the random-init encoders of the seeds
+it does not share, by a Welch interval, so the random-init encoder's own seed-to-seed spread no
+longer rests on 3 values.
 
 Writes the JSON and a markdown table next to it (``methods_knn.md``) after every row.
 """
@@ -44,7 +47,7 @@ from medssl.errors import MedsslError
 from medssl.eval.probes import extract_features, knn_probe, linear_probe, reestimate_bn
 from medssl.methods import METHODS, create_method
 from medssl.registry import create_backbone
-from medssl.stats.intervals import mean_std, t_interval
+from medssl.stats.intervals import mean_std, t_interval, welch_interval
 
 DEVICE = torch.device("cpu")  # set from --device in main()
 ENCODERS = {2: ("resnet18_small", 0.5), 3: ("resnet10", 0.5)}  # cheap choices (CALIBRATION.md)
@@ -160,6 +163,26 @@ def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Paired | Non
     return mean_std(diffs)[0], *t_interval(diffs)
 
 
+def unpaired(rows: list[dict], reference: list[dict]) -> Paired | None:
+    """Mean kNN AUC difference to the random-init encoders (same backbone) of the seeds the entry
+    does not share, and its 95% Welch interval; None with fewer than 2 values on either side."""
+    seeds = {r["seed"] for r in rows}
+    ref = [r["knn_auc"] for r in reference if r["backbone"] == rows[0]["backbone"] and r["seed"] not in seeds]
+    if len(rows) < 2 or len(ref) < 2:
+        return None
+    return welch_interval([r["knn_auc"] for r in rows], ref)
+
+
+def _verdict(d: Paired | None) -> str:
+    # one seed has no interval: its sign alone says neither yes nor no
+    return "" if d is None else "(1 seed)" if d[1] is None else "**no**" if d[0] <= 0 else \
+        "yes" if d[1] > 0 else "unclear"
+
+
+def _diff(d: Paired | None) -> str:
+    return "" if d is None else f"{d[0]:+.3f}" + ("" if d[1] is None else f" [{d[1]:+.3f}, {d[2]:+.3f}]")
+
+
 def _pm(values: list[float]) -> str:
     mean, std, n = mean_std(values)
     return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
@@ -168,7 +191,9 @@ def _pm(values: list[float]) -> str:
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    seeds = sorted({r.get("seed", meta.get("seed", 0)) for r in rows})
+    seeds = sorted({r.get("seed", meta.get("seed", 0)) for r in rows if r["method"] != "random-init"}
+                   or {r.get("seed", meta.get("seed", 0)) for r in rows})  # pretraining seeds
+    extra = sorted({r["seed"] for r in rows if r["method"] == "random-init" and r["seed"] not in seeds})
     lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
              f"kNN ({meta.get('knn', 'k=20, sklearn 1/distance weights')}) and linear probe on frozen "
              "features, full train split -> test split. "
@@ -181,27 +206,33 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                   "yes when the interval excludes 0 above, **no** when the mean is not above 0, "
                   "unclear otherwise, and (1 seed) while an entry has only one seed. Nothing is chosen on "
                   "the test split.", ""]
+    if len(seeds) > 1 and extra:
+        lines += [f"Reference seeds {extra}: random-init encoders only (no pretraining). "
+                  "`kNN − random, unpaired` is an entry's mean kNN AUC minus the mean of the random-init "
+                  "encoders of every seed the entry does not share (independent samples) with a 95% "
+                  "Welch interval, so the random-init encoder's own seed-to-seed spread is measured on "
+                  "many seeds instead of the entry's few; `> random, unpaired` reads like `> random`.", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         sub = [{"seed": meta.get("seed", 0), **r} for r in rows if r["dataset"] == dataset]
         base = {(r["backbone"], r["seed"]): r["knn_auc"] for r in sub if r["method"] == "random-init"}
         if len(seeds) > 1:
+            randoms = [r for r in sub if r["method"] == "random-init"]
+            wide = any(r["seed"] not in seeds for r in randoms)  # reference seeds: unpaired columns
             lines += [f"## {dataset}", "",
                       "| method | encoder | seeds | epochs | img/s | kNN AUC | linear AUC "
-                      "| kNN − random [95% CI] | > random |", "|---|---|---|---|---|---|---|---|---|"]
+                      "| kNN − random [95% CI] | > random |"
+                      + (" kNN − random, unpaired [95% CI] | > random, unpaired |" if wide else ""),
+                      "|---" * (9 + 2 * wide) + "|"]
             for (method, backbone), group in _groups(sub).items():
                 d = None if method == "random-init" else paired(group, base)
-                # one seed has no interval: its sign alone says neither yes nor no
-                beats = "" if d is None else "(1 seed)" if d[1] is None else "**no**" if d[0] <= 0 else \
-                    "yes" if d[1] > 0 else "unclear"
-                diff = "" if d is None else f"{d[0]:+.3f}" + (
-                    "" if d[1] is None else f" [{d[1]:+.3f}, {d[2]:+.3f}]")
+                u = None if method == "random-init" else unpaired(group, randoms)
                 lines.append(
                     f"| {method} | {backbone} x{group[0]['width']} | {len(group)} | "
                     f"{_mean(group, 'epochs')} | {_mean(group, 'img_per_s')} | "
                     f"{_pm([r['knn_auc'] for r in group])} | {_pm([r['linear_auc'] for r in group])} | "
-                    f"{diff} | {beats} |")
+                    f"{_diff(d)} | {_verdict(d)} |" + (f" {_diff(u)} | {_verdict(u)} |" if wide else ""))
             lines.append("")
             continue
         val = any("val_knn_auc" in r for r in sub)  # rows since the validation kNN was added
@@ -248,6 +279,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16 or fp32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--reference-seeds", type=int, nargs="+", default=[],
+                        help="more random-init encoders (an evaluation each, no pretraining) for the "
+                             "unpaired comparison")
     parser.add_argument("--resume", action="store_true", help="keep --out's rows, run only the missing ones")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no entry that would end past this many minutes (the rest: --resume)")
@@ -289,17 +323,20 @@ def main() -> None:
         return {**evaluate(backbone, data, precision),
                 **(evaluate_bn(backbone, data, precision) if args.bn_reestimate else {})}
 
-    def out_of_time() -> bool:  # would the next entry end past --max-minutes?
-        return args.max_minutes is not None and \
-            time.monotonic() - start + args.budget_seconds > 60 * args.max_minutes
+    def out_of_time(seconds: float = args.budget_seconds) -> bool:
+        """Would an entry of ``seconds`` started now end past --max-minutes?"""
+        return args.max_minutes is not None and time.monotonic() - start + seconds > 60 * args.max_minutes
 
     for flag in args.datasets.split(","):
         data = load_medmnist(flag.strip())
-        for seed in args.seeds:
+        for seed in dict.fromkeys([*args.seeds, *args.reference_seeds]):
             for name, width in dict.fromkeys(encoder_for(resolve_entry(m)[0], data.spatial_dims)
                                              for m in methods):
                 if (data.name, "random-init", name, seed) in done:
                     continue
+                if seed not in args.seeds and out_of_time(60):
+                    print(f"--max-minutes {args.max_minutes:g} reached: run again with --resume", flush=True)
+                    return
                 seed_everything(seed)
                 backbone = create_backbone(name, data.spatial_dims, data.in_channels, width=width,
                                            img_size=data.size)

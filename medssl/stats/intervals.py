@@ -4,7 +4,8 @@ Which variance each interval covers (the report must state it):
 
 * :func:`t_interval`, :func:`paired_seed_diffs`: variation over training **seeds** (and, when the
   subset is redrawn per seed, over subsets) with the test set held fixed; a Student-t interval of
-  the mean over seeds. They say nothing about the finite test set.
+  the mean over seeds. They say nothing about the finite test set. :func:`welch_interval` is the
+  same for two arms that share no seed (independent samples, unequal variances).
 * :func:`bootstrap_ci`, :func:`paired_bootstrap`, :func:`delong`: sampling variation of the **test
   cases** only (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993; DeLong, DeLong &
   Clarke-Pearson, Biometrics 44(3), 1988), for one fixed trained model (or pair of models); they
@@ -78,6 +79,28 @@ def paired_seed_diffs(a: Mapping, b: Mapping, level: float = 0.95) -> tuple[floa
     diffs = _values([a[k] for k in keys]) - _values([b[k] for k in keys])
     mean, _, n = mean_std(diffs)
     return mean, t_interval(diffs, level), n
+
+
+def welch_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean difference mean(a) - mean(b) of two independent samples and its Welch t-interval
+    (Welch, Biometrika 34, 1947: unequal variances, Welch-Satterthwaite degrees of freedom; scipy's
+    ``ttest_ind(equal_var=False)``).
+
+    For arms that share no seed, e.g. pretrained encoders against random-init encoders of other
+    seeds; covers seed-to-seed variation in both arms, not the finite test set.
+
+    Args:
+        a, b: [n_a], [n_b] values, at least 2 each.
+
+    Returns:
+        (mean difference, interval low, interval high).
+    """
+    _check_level(level)
+    a, b = _values(a), _values(b)
+    if a.size < 2 or b.size < 2:
+        raise MedsslError(f"a Welch interval needs >= 2 values per arm, got {a.size} and {b.size}")
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return float(a.mean() - b.mean()), float(ci.low), float(ci.high)
 
 
 def auc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray | float:

@@ -1,12 +1,14 @@
 """The segmentation benchmarks state, from the config, whether pretraining saw the test fold's images
-and what their intervals cover."""
+and what their intervals cover; methods_knn's unpaired column against a naive Welch interval."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -47,3 +49,38 @@ def test_distortion_notes_come_from_each_entry_config(pool, monkeypatch, tmp_pat
     assert ("left out of pretraining: isbi2012" in notes[0]) == (pool == "train")
     assert "fine-tuning seeds only (3 per row)" in notes[-1] and "one pretraining (seed 0)" in notes[-1]
     assert "before 6a66d92" in module.notes(table, {})[-1]  # an older file without meta.dice_rule
+
+
+def _knn_row(method: str, seed: int, auc: float, backbone: str = "resnet10") -> dict:
+    return {"dataset": "d", "backbone": backbone, "width": 0.5, "method": method, "seed": seed,
+            "knn_auc": auc, "linear_auc": auc, "epochs": 3, "img_per_s": 10.0}
+
+
+def _table_row(md: str, method: str) -> list[str]:
+    line = next(x for x in md.splitlines() if x.startswith(f"| {method} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_methods_knn_unpaired_column_uses_only_the_seeds_an_entry_does_not_share(tmp_path):
+    module = bench("methods_knn")
+    randoms = {0: 0.70, 1: 0.60, 2: 0.65, 3: 0.66, 4: 0.62, 5: 0.71, 6: 0.64}  # seeds 3-6: reference only
+    pretrained = {0: 0.78, 1: 0.69, 2: 0.74}
+    rows = [_knn_row("random-init", s, a) for s, a in randoms.items()]
+    rows += [_knn_row("simclr", s, a) for s, a in pretrained.items()]
+    meta = {"budget_seconds": 300, "date": "2026-12-01", "seeds": [0, 1, 2]}
+    module.write(tmp_path / "k.json", meta, rows)
+    md = (tmp_path / "k.md").read_text()
+    assert "Reference seeds [3, 4, 5, 6]" in md and "Seeds [0, 1, 2]" in md
+    cells = _table_row(md, "simclr")
+    paired = [pretrained[s] - randoms[s] for s in (0, 1, 2)]  # +.08, +.09, +.09
+    assert cells[7].startswith(f"{np.mean(paired):+.3f} [")
+    a, b = list(pretrained.values()), [randoms[s] for s in (3, 4, 5, 6)]
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
+    diff, half = np.mean(a) - np.mean(b), student_t.ppf(0.975, df) * np.sqrt(va + vb)
+    assert cells[9] == f"{diff:+.3f} [{diff - half:+.3f}, {diff + half:+.3f}]"
+    assert cells[10] == ("yes" if diff - half > 0 else "unclear")
+    assert _table_row(md, "random-init")[2] == "7"  # every seed in the random-init row
+    module.write(tmp_path / "p.json", meta, [r for r in rows if r["seed"] < 3])  # no reference seeds
+    plain = (tmp_path / "p.md").read_text()
+    assert "unpaired" not in plain and len(_table_row(plain, "simclr")) == 9

@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from scipy.stats import norm
+from scipy.stats import t as student_t
 from sklearn.metrics import roc_auc_score
 
 from medssl.errors import MedsslError
@@ -22,6 +23,7 @@ from medssl.stats.intervals import (
     paired_bootstrap,
     paired_seed_diffs,
     t_interval,
+    welch_interval,
 )
 
 T975_DF3 = 3.182446305284263  # Student t 0.975 quantile, 3 degrees of freedom
@@ -86,6 +88,23 @@ def test_paired_seed_diffs_pairs_by_seed_and_refuses_unmatched_seeds():
     assert (lo, hi) == pytest.approx((0.15 - half, 0.15 + half))
     with pytest.raises(MedsslError, match=r"only in a \[3\], only in b \[4\]"):
         paired_seed_diffs({0: 1.0, 3: 1.0}, {0: 1.0, 4: 1.0})
+
+
+def test_welch_interval_is_the_welch_satterthwaite_formula():
+    a = [0.80, 0.82, 0.85]  # few values with a small spread, against many with a large one
+    b = [0.64, 0.66, 0.72, 0.70, 0.69, 0.60]
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 6
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 5)
+    diff = np.mean(a) - np.mean(b)
+    half = student_t.ppf(0.975, df) * math.sqrt(va + vb)
+    mean, lo, hi = welch_interval(a, b)
+    assert mean == pytest.approx(diff, rel=1e-12)
+    assert (lo, hi) == pytest.approx((diff - half, diff + half), rel=1e-10)
+    pooled = ((2 * np.var(a, ddof=1) + 5 * np.var(b, ddof=1)) / 7) * (1 / 3 + 1 / 6)  # Student's, not Welch's
+    assert hi - lo != pytest.approx(2 * student_t.ppf(0.975, 7) * math.sqrt(pooled), rel=1e-3)
+    assert welch_interval(b, a)[1:] == pytest.approx((-hi, -lo), rel=1e-10)
+    with pytest.raises(MedsslError, match="needs >= 2 values per arm, got 1 and 6"):
+        welch_interval([0.8], b)
 
 
 # ---- DeLong ------------------------------------------------------------------------------------

@@ -191,9 +191,10 @@ def _pm(values: list[float]) -> str:
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    seeds = sorted({r.get("seed", meta.get("seed", 0)) for r in rows if r["method"] != "random-init"}
-                   or {r.get("seed", meta.get("seed", 0)) for r in rows})  # pretraining seeds
-    extra = sorted({r["seed"] for r in rows if r["method"] == "random-init" and r["seed"] not in seeds})
+    # pretraining seeds; the random-init encoders may have more (--reference-seeds)
+    rows_seed = [(r["method"], r.get("seed", meta.get("seed", 0))) for r in rows]
+    seeds = sorted({s for m, s in rows_seed if m != "random-init"} or {s for _, s in rows_seed})
+    extra = sorted({s for m, s in rows_seed if m == "random-init" and s not in seeds})
     lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
              f"kNN ({meta.get('knn', 'k=20, sklearn 1/distance weights')}) and linear probe on frozen "
              "features, full train split -> test split. "

@@ -50,6 +50,7 @@ from medssl.registry import create_backbone
 from medssl.stats.intervals import mean_std, t_interval, welch_interval
 
 DEVICE = torch.device("cpu")  # set from --device in main()
+REFERENCE_SECONDS = 60.0  # bound on one random-init evaluation for --max-minutes (10-20 s on 2 cores)
 ENCODERS = {2: ("resnet18_small", 0.5), 3: ("resnet10", 0.5)}  # cheap choices (CALIBRATION.md)
 VIT = ("vit_tiny", 1.0)  # for MAE, whose encoder must be a ViT
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "presets"
@@ -151,10 +152,10 @@ def _batches(images: torch.Tensor, batch_size: int, seed: int) -> TensorBatches:
     return TensorBatches(images, None, batch_size, seed, device=DEVICE)
 
 
-Paired = tuple[float, float | None, float | None]  # mean difference, interval low, high
+Diff = tuple[float, float | None, float | None]  # mean difference, interval low, high
 
 
-def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Paired | None:
+def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Diff | None:
     """Mean kNN AUC difference to the random-init encoder of the same backbone and seed, and its 95%
     t-interval over seeds (None, None with one paired seed; None without any)."""
     diffs = [r["knn_auc"] - base[k] for r in rows if (k := (r["backbone"], r["seed"])) in base]
@@ -163,7 +164,7 @@ def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Paired | Non
     return mean_std(diffs)[0], *t_interval(diffs)
 
 
-def unpaired(rows: list[dict], reference: list[dict]) -> Paired | None:
+def unpaired(rows: list[dict], reference: list[dict]) -> Diff | None:
     """Mean kNN AUC difference to the random-init encoders (same backbone) of the seeds the entry
     does not share, and its 95% Welch interval; None with fewer than 2 values on either side."""
     seeds = {r["seed"] for r in rows}
@@ -173,13 +174,13 @@ def unpaired(rows: list[dict], reference: list[dict]) -> Paired | None:
     return welch_interval([r["knn_auc"] for r in rows], ref)
 
 
-def _verdict(d: Paired | None) -> str:
+def _verdict(d: Diff | None) -> str:
     # one seed has no interval: its sign alone says neither yes nor no
     return "" if d is None else "(1 seed)" if d[1] is None else "**no**" if d[0] <= 0 else \
         "yes" if d[1] > 0 else "unclear"
 
 
-def _diff(d: Paired | None) -> str:
+def _diff(d: Diff | None) -> str:
     return "" if d is None else f"{d[0]:+.3f}" + ("" if d[1] is None else f" [{d[1]:+.3f}, {d[2]:+.3f}]")
 
 
@@ -191,10 +192,9 @@ def _pm(values: list[float]) -> str:
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    # pretraining seeds; the random-init encoders may have more (--reference-seeds)
-    rows_seed = [(r["method"], r.get("seed", meta.get("seed", 0))) for r in rows]
-    seeds = sorted({s for m, s in rows_seed if m != "random-init"} or {s for _, s in rows_seed})
-    extra = sorted({s for m, s in rows_seed if m == "random-init" and s not in seeds})
+    seeds = sorted(meta.get("seeds") or [meta.get("seed", 0)])  # pretraining seeds (older files: meta.seed)
+    extra = sorted({r["seed"] for r in rows  # --reference-seeds
+                    if r["method"] == "random-init" and r.get("seed", seeds[0]) not in seeds})
     lines = [f"# Methods at {meta['budget_seconds']:g} s of pretraining each ({meta['date']})", "",
              f"kNN ({meta.get('knn', 'k=20, sklearn 1/distance weights')}) and linear probe on frozen "
              "features, full train split -> test split. "
@@ -208,11 +208,13 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                   "unclear otherwise, and (1 seed) while an entry has only one seed. Nothing is chosen on "
                   "the test split.", ""]
     if len(seeds) > 1 and extra:
-        lines += [f"Reference seeds {extra}: random-init encoders only (no pretraining). "
-                  "`kNN − random, unpaired` is an entry's mean kNN AUC minus the mean of the random-init "
-                  "encoders of every seed the entry does not share (independent samples) with a 95% "
-                  "Welch interval, so the random-init encoder's own seed-to-seed spread is measured on "
-                  "many seeds instead of the entry's few; `> random, unpaired` reads like `> random`.", ""]
+        lines += [f"Reference seeds {extra}: random-init encoders only (no pretraining); the random-init "
+                  "rows' seed count and ± include them. `kNN − random, unpaired` is an entry's mean kNN "
+                  "AUC minus the mean of the random-init encoders of every seed the entry does not share "
+                  "(independent samples) with a 95% Welch interval, so the random-init encoder's own "
+                  "seed-to-seed spread is measured on many seeds instead of the entry's few; "
+                  "`> random, unpaired` reads like `> random` (blank below 2 seeds). No correction for "
+                  "the many entries compared with one reference.", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
@@ -318,6 +320,10 @@ def main() -> None:
         if "note" in old["meta"] and "note" not in meta:  # a resumed chunk keeps the note unless given anew
             meta["note"] = old["meta"]["note"]
         meta["date"] = meta["date"] if first == meta["date"] else f"{first} to {meta['date']}"
+        earlier = old["meta"].get("reference_seeds", [])  # a resumed chunk keeps the earlier reference seeds
+        args.reference_seeds = [*dict.fromkeys([*earlier, *args.reference_seeds])]
+    if args.reference_seeds:
+        meta["reference_seeds"] = args.reference_seeds
     done = {(r["dataset"], r["method"], r["backbone"], r["seed"]) for r in rows}
 
     def score(backbone: torch.nn.Module, data: ClassificationData) -> dict:
@@ -335,7 +341,7 @@ def main() -> None:
                                              for m in methods):
                 if (data.name, "random-init", name, seed) in done:
                     continue
-                if seed not in args.seeds and out_of_time(60):
+                if seed not in args.seeds and out_of_time(REFERENCE_SECONDS):
                     print(f"--max-minutes {args.max_minutes:g} reached: run again with --resume", flush=True)
                     return
                 seed_everything(seed)

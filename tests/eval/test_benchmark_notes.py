@@ -53,7 +53,8 @@ def test_distortion_notes_come_from_each_entry_config(pool, monkeypatch, tmp_pat
 
 def _knn_row(method: str, seed: int, auc: float, backbone: str = "resnet10") -> dict:
     return {"dataset": "d", "backbone": backbone, "width": 0.5, "method": method, "seed": seed,
-            "knn_auc": auc, "linear_auc": auc, "epochs": 3, "img_per_s": 10.0}
+            "knn_auc": auc, "linear_auc": auc, "knn_acc": 0.5, "linear_acc": 0.5, "epochs": 3,
+            "img_per_s": 10.0}
 
 
 def _table_row(md: str, method: str) -> list[str]:
@@ -79,8 +80,22 @@ def test_methods_knn_unpaired_column_uses_only_the_seeds_an_entry_does_not_share
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
     diff, half = np.mean(a) - np.mean(b), student_t.ppf(0.975, df) * np.sqrt(va + vb)
     assert cells[9] == f"{diff:+.3f} [{diff - half:+.3f}, {diff + half:+.3f}]"
-    assert cells[10] == ("yes" if diff - half > 0 else "unclear")
+    assert diff - half < 0 < diff  # the reference's spread: paired says yes, unpaired cannot
+    assert (cells[8], cells[10]) == ("yes", "unclear")
     assert _table_row(md, "random-init")[2] == "7"  # every seed in the random-init row
     module.write(tmp_path / "p.json", meta, [r for r in rows if r["seed"] < 3])  # no reference seeds
     plain = (tmp_path / "p.md").read_text()
     assert "unpaired" not in plain and len(_table_row(plain, "simclr")) == 9
+
+
+def test_methods_knn_table_of_an_unfinished_grid_and_of_an_old_one_seed_file(tmp_path):
+    module = bench("methods_knn")
+    rows = [_knn_row("random-init", s, 0.6 + s / 100) for s in range(6)] + [_knn_row("simclr", 0, 0.7)]
+    module.write(tmp_path / "u.json", {"budget_seconds": 300, "date": "d", "seeds": [0, 1, 2]}, rows)
+    md = (tmp_path / "u.md").read_text()  # only seed 0 pretrained so far: still the 3-seed layout
+    assert "Seeds [0, 1, 2]" in md and "Reference seeds [3, 4, 5]" in md
+    assert _table_row(md, "simclr")[7:] == ["+0.100", "(1 seed)", "", ""]
+    old = [{k: v for k, v in r.items() if k != "seed"} for r in (rows[0], rows[-1])]  # before seeds existed
+    module.write(tmp_path / "o.json", {"budget_seconds": 60, "date": "d", "seed": 0}, old)
+    plain = (tmp_path / "o.md").read_text()
+    assert "Reference" not in plain and _table_row(plain, "simclr")[-1] == "yes"

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from medssl.config import (
@@ -204,8 +203,9 @@ def _locate(path: Path) -> tuple[Path, StudyConfig | None]:
 
 
 def _encoder_config(file: Path, weights: dict[str, torch.Tensor], cfg: StudyConfig | None) -> EncoderConfig:
-    with safe_open(str(file), "pt") as f:
-        meta = f.metadata() or {}
+    from medssl.engine.checkpoint import weights_metadata
+
+    meta = weights_metadata(file)
     if "config" in meta:
         return EncoderConfig(**json.loads(meta["config"]))
     if cfg is None:

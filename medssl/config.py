@@ -162,6 +162,13 @@ class PretrainConfig:
     # every this many epochs (0: never) also save the encoder as snapshots/encoder_epochNNNN.safetensors
     # (loadable like encoder.safetensors): choose the pretraining length on validation data afterwards
     snapshot_every: Annotated[int, AT_LEAST_0] = 0
+    # the encoder kept: "last" (the end of training) or "val_knn": the epoch (0 = the encoder before
+    # training) with the best leave-one-out kNN AUC among the validation images (needs their labels:
+    # a classification study or a MedMNIST pool); the last one is kept as encoder_last.safetensors
+    select_on: Annotated[str, Check(choices=("last", "val_knn"))] = "last"
+    select_every: Annotated[int, AT_LEAST_1] = 1  # epochs between validation scores (select_on: val_knn)
+    # select_on val_knn: stop once the best epoch lies this share of the planned steps behind (0: never)
+    patience: Annotated[float, Check(ge=0, le=1)] = 0.0
 
 
 @dataclass

@@ -301,6 +301,12 @@ CASES = [
                            lambda p: png(p, np.dstack([np.zeros((8, 8), np.uint8)] * 2
                                                       + [np.ones((8, 8), np.uint8)]))),
          what="segmentation mask saved as colour RGB"),
+    Case("select_on_val_knn_segmentation", [*S, "--set", "task=segmentation", "--set", "data.path={tmp}/seg",
+                                            "--set", "pretrain.select_on=val_knn"],
+         ("pretrain.select_on: val_knn needs labelled validation images",),
+         setup=seg_dataset(lambda p: png(p, np.zeros((8, 8), np.uint8)),
+                           lambda p: png(p, np.zeros((8, 8), np.uint8))),
+         what="choosing the pretraining epoch by validation kNN in a segmentation study"),
     Case("seg_corrupt_image", [*S, "--set", "task=segmentation", "--set", "data.path={tmp}/seg"],
          ("images/case_1.png: not a readable image",),
          setup=seg_dataset(lambda p: write(p, b"\x89PNG\r\n\x1a\n truncated"),

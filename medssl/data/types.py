@@ -48,12 +48,17 @@ class PretrainData:
         spatial_dims: 2 or 3.
         in_channels: ``C``.
         size: side of the pretraining views.
+        val: labelled validation images to choose the pretraining epoch by
+            (``pretrain.select_on: val_knn``), or None.
+        num_classes: classes (labels, multi-label) of ``val``.
     """
 
     images: torch.Tensor
     spatial_dims: int
     in_channels: int
     size: int
+    val: Split | None = None
+    num_classes: int = 0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -100,5 +105,7 @@ class ClassificationData:
         return getattr(self, name)
 
     def pretrain_data(self) -> PretrainData:
-        """The training images (never val or test) as the unlabelled pretraining pool."""
-        return PretrainData(self.train.images, self.spatial_dims, self.in_channels, self.size)
+        """The training images (never val or test) as the unlabelled pretraining pool, with the
+        validation split for choosing the pretraining epoch (``pretrain.select_on``)."""
+        return PretrainData(self.train.images, self.spatial_dims, self.in_channels, self.size,
+                            self.val, self.num_classes)

@@ -28,6 +28,13 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return _weights_only(_read(Path(path)))
 
 
+def weights_metadata(path: Path) -> dict[str, str]:
+    """The string metadata saved with a weights file (``save_weights``'s ``metadata``)."""
+    _read(Path(path))  # a missing or corrupt file: the same one-line error as load_weights
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
 def _read(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MedsslError(f"{path}: checkpoint not found")

@@ -56,20 +56,27 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def knn_vote(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
-             k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> np.ndarray:
+             k: int = 20, temperature: float = 0.07, chunk: int = 1024,
+             leave_one_out: bool = False) -> np.ndarray:
     """Temperature-weighted cosine kNN vote (Wu et al., "Unsupervised Feature Learning via
     Non-Parametric Instance Discrimination", CVPR 2018, Sec. 3.4; as in DINO's ``eval_knn``).
 
     Each of the ``k`` training features most cosine-similar to a test feature votes for its class
     with weight ``exp(sim / temperature)``. train_x [N, F], train_y [N] int, test_x [M, F] ->
-    class probabilities [M, num_classes] (votes normalised to sum to 1).
+    class probabilities [M, num_classes] (votes normalised to sum to 1). ``leave_one_out``:
+    ``test_x`` is ``train_x`` and each row's own entry does not vote for it (``k`` <= N - 1).
     """
     tr, te = _unit(train_x), _unit(test_x)
-    k = min(k, len(tr))
+    if leave_one_out and len(te) != len(tr):
+        raise ValueError(f"leave_one_out needs test_x = train_x, got {len(te)} and {len(tr)} rows")
+    k = min(k, len(tr) - leave_one_out)
     labels = np.asarray(train_y).astype(int)
     probs = np.zeros((len(te), num_classes))
     for start in range(0, len(te), chunk):
         sim = te[start:start + chunk] @ tr.T  # [m, N]
+        if leave_one_out:
+            own = np.arange(len(sim))
+            sim[own, start + own] = -np.inf
         idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(sim, idx, axis=1)
         weights = np.exp((top - top.max(axis=1, keepdims=True)) / temperature)  # row scale cancels
@@ -79,11 +86,12 @@ def knn_vote(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_c
 
 
 def knn_vote_multilabel(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 20,
-                        temperature: float = 0.07) -> np.ndarray:
+                        temperature: float = 0.07, leave_one_out: bool = False) -> np.ndarray:
     """:func:`knn_vote` per label: train_y [N, L] 0/1 -> [M, L], each label's weighted share of
     the ``k`` neighbours that carry it."""
     y = np.asarray(train_y).astype(int)
-    votes = [knn_vote(train_x, y[:, j], test_x, 2, k, temperature)[:, 1] for j in range(y.shape[1])]
+    votes = [knn_vote(train_x, y[:, j], test_x, 2, k, temperature, leave_one_out=leave_one_out)[:, 1]
+             for j in range(y.shape[1])]
     return np.stack(votes, 1)
 
 

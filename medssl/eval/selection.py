@@ -1,11 +1,16 @@
-"""Model selection on a validation score during fine-tuning, with early stopping."""
+"""Model selection on a validation score during fine-tuning and pretraining, with early stopping."""
 
 from __future__ import annotations
 
 import copy
 import math
 
+import torch
 from torch import nn
+
+from medssl.data.types import Split
+from medssl.eval.metrics import classification_metrics, multilabel_metrics
+from medssl.eval.probes import extract_features, knn_vote, knn_vote_multilabel
 
 
 class BestEpoch:
@@ -35,3 +40,65 @@ class BestEpoch:
             self.state = copy.deepcopy(self.module.state_dict())
         stale = (epoch - self.epoch) * self.per_epoch
         return bool(self.patience_steps and stale > self.patience_steps)
+
+    def restore(self, epoch: int, score: float, state: dict) -> None:
+        """Take a best ``epoch`` recorded earlier (a resumed run), with its ``score`` and weights."""
+        self.score, self._key, self.epoch = score, -math.inf if math.isnan(score) else score, epoch
+        self.state = state
+
+
+class ValKnnSelection:
+    """Choose the pretraining epoch by the encoder's kNN AUC on the validation split (an
+    ``on_epoch_end`` callback for ``fit``; ``pretrain.select_on: val_knn``).
+
+    Pretext losses keep falling after the features stop improving for the task: on small medical
+    sets SimCLR, MoCo v2 and the puzzles peak after a few epochs (``benchmarks/results/
+    pretext_curve_*.md``). The score is a leave-one-out kNN vote (k=20, Wu et al. 2018) among the
+    validation images' frozen features, so it needs the validation labels only, which fine-tuning
+    already selects on, and never the training labels a 1% study does not have.
+
+    Args:
+        backbone: the encoder whose features are scored and whose weights are kept.
+        val: validation images uint8 ``[N, C, *S]`` and labels ``[N]`` (``[N, L]`` multi-label).
+        num_classes: classes (labels, multi-label).
+        every: score after every this many epochs (and the encoder before training, epoch 0).
+        per_epoch, planned_steps, patience: early stopping as :class:`BestEpoch` (0: never).
+        precision: autocast dtype for the feature pass.
+    """
+
+    def __init__(self, backbone: nn.Module, val: Split, num_classes: int, every: int = 1, *,
+                 per_epoch: int = 1, planned_steps: int = 0, patience: float = 0.0,
+                 precision: torch.dtype | None = None, k: int = 20) -> None:
+        self.backbone, self.val, self.num_classes, self.every = backbone, val, num_classes, every
+        self.precision, self.k = precision, k
+        self.best = BestEpoch(backbone, per_epoch, planned_steps, patience)
+        self.first = math.nan  # the score before training
+
+    def restore(self, epoch: int, score: float, first: float, state: dict[str, torch.Tensor]) -> None:
+        """Continue a resumed run's selection: its best ``epoch``, ``score`` and weights so far."""
+        self.best.restore(epoch, score, state)
+        self.first = first
+
+    def score(self) -> float:
+        """The backbone's leave-one-out kNN AUC on the validation split, as it is now."""
+        feats = extract_features(self.backbone, self.val.images, precision=self.precision)
+        y = self.val.labels.numpy()
+        if y.ndim == 2:  # multi-label
+            probs = knn_vote_multilabel(feats, y, feats, self.k, leave_one_out=True)
+            return multilabel_metrics(y, probs)["auc"]
+        probs = knn_vote(feats, y, feats, self.num_classes, self.k, leave_one_out=True)
+        return classification_metrics(y, probs)["auc"]
+
+    def start(self) -> float:
+        """Score the encoder before training (epoch 0, a candidate like any other)."""
+        self.first = self.score()
+        self.best.update(0, self.first)
+        return self.first
+
+    def __call__(self, epoch: int) -> dict[str, float | bool]:
+        """``fit``'s ``on_epoch_end(epoch)``: after epoch ``epoch`` (0-based), i.e. ``epoch + 1``
+        epochs done, score every ``every``-th; ``stop`` once patience runs out."""
+        if (epoch + 1) % self.every:
+            return {}
+        auc = self.score()
+        return {"val_knn_auc": auc, "stop": self.best.update(epoch + 1, auc)}

@@ -463,13 +463,19 @@ def compute_blocks(rows: list[dict[str, Any]]) -> list[Block]:
         "GFLOPs/sample",
         "peak MiB",
     ]
-    table = []
+    table, chosen = [], []
     by_study: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         by_study[(r.get("dataset"), r.get("method"))].append(r)
     for (dataset, method), rs in by_study.items():
         pre = next((r for r in rs if r.get("protocol") == "pretrain"), {})
         ft = [r for r in rs if r.get("protocol") == "finetune"]
+        if "selected_epoch" in pre:
+            chosen.append(("p", f"{dataset} {method}: the encoder of pretraining epoch "
+                                f"{pre['selected_epoch']} was kept, chosen by leave-one-out kNN AUC on the "
+                                "validation images "
+                                f"({pre['val_knn_auc']:.3f}; {pre['val_knn_auc_start']:.3f} before training; "
+                                "`pretrain.select_on: val_knn`)."))
         table.append(
             [
                 str(dataset),
@@ -494,6 +500,7 @@ def compute_blocks(rows: list[dict[str, Any]]) -> list[Block]:
             "on a CPU, the allocator's peak on a GPU.",
         ),
         ("table", header, table),
+        *chosen,
     ]
 
 

@@ -16,7 +16,7 @@ from medssl.data.types import PretrainData
 from medssl.errors import MedsslError
 from medssl.methods import method_config
 from medssl.studies.grid import Cell, Pretrained, Task, run_grid
-from medssl.studies.pretraining import build_backbone, pretrain, runtime
+from medssl.studies.pretraining import NO_VALIDATION, build_backbone, pretrain, runtime
 from medssl.studies.sweep import run_grid_config
 from medssl.studies.tasks import TASKS, check_study, task_for
 
@@ -28,6 +28,8 @@ def pretrain_pool(cfg: StudyConfig) -> PretrainData:
         return task_for(cfg).pretrain_pool(cfg, check_study(cfg), None)
     method_config(cfg.pretrain.method, cfg.pretrain.method_args)
     runtime(cfg)
+    if cfg.pretrain.select_on == "val_knn":
+        raise MedsslError(NO_VALIDATION)
     if not cfg.data.path or not Path(cfg.data.path).is_dir():
         raise MedsslError(f"data.path: {cfg.data.path!r} is not a folder (data.format=folder)")
     pool = folder_pool(Path(cfg.data.path), cfg.data.size, storage=cfg.data.storage, workers=cfg.data.workers,

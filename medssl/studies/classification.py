@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ class ClassificationTask:
     def pretrain_pool(self, cfg: StudyConfig, data: ClassificationData, folds: dict | None) -> PretrainData:
         if not cfg.pretrain.dataset:
             return data.pretrain_data()  # the training images, never val or test
-        return cross_pool(cfg, data)
+        # another pool; the epoch is still chosen on this study's validation split
+        return replace(cross_pool(cfg, data), val=data.val, num_classes=data.num_classes)
 
     def needs_checkpoint(self, cfg: StudyConfig) -> bool:
         return False

@@ -13,9 +13,11 @@ from medssl.config import ModelConfig, StudyConfig
 from medssl.data.loaders import TensorBatches
 from medssl.data.types import PretrainData
 from medssl.engine import fit, resolve_channels_last, resolve_device, resolve_precision, seed_everything
-from medssl.engine.checkpoint import save_weights
+from medssl.engine.checkpoint import load_weights, save_weights, weights_metadata
 from medssl.engine.compute import count_params, flops_per_sample, peak_memory_mb
 from medssl.engine.dist import barrier, is_main
+from medssl.errors import MedsslError
+from medssl.eval.selection import ValKnnSelection
 from medssl.methods import create_method
 from medssl.registry import create_backbone
 
@@ -45,8 +47,11 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
 
     ``resume`` continues from ``run_dir/checkpoint.safetensors`` exactly (see ``medssl.engine.fit``).
     ``pretrain.snapshot_every`` N also saves ``run_dir/snapshots/encoder_epochNNNN.safetensors``
-    after every N-th epoch.
-    Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on).
+    after every N-th epoch. ``pretrain.select_on: val_knn`` keeps the epoch with the best validation
+    kNN AUC (:class:`~medssl.eval.selection.ValKnnSelection`, on ``data.val``) as the encoder, and
+    the last as ``encoder_last.safetensors``.
+    Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on), and
+    with selection ``selected_epoch``, ``val_knn_auc`` (its score) and ``val_knn_auc_start``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -62,11 +67,23 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it
     meta = {"method": cfg.pretrain.method, "backbone": cfg.model.backbone, "config": json.dumps(config)}
     every = cfg.pretrain.snapshot_every
+    select = _selection(cfg, data, backbone, len(batches), precision) if cfg.pretrain.select_on == "val_knn" \
+        else None
+    if select is not None and is_main():  # rank 0 scores, keeps and saves; every rank stops with it
+        backbone.to(device)
+        if not (resume and _restore(select, run_dir / SELECTED_FILE)):
+            _keep(select, backbone, run_dir, meta, select.start())
 
-    def snapshot(epoch: int) -> dict[str, Any]:
+    def on_epoch_end(epoch: int) -> dict[str, Any]:
         if every and (epoch + 1) % every == 0 and is_main():
             save_weights(backbone, run_dir / "snapshots" / f"encoder_epoch{epoch + 1:04d}.safetensors", meta)
-        return {}
+        if select is None or not is_main():
+            return {}
+        before = select.best.epoch
+        out = select(epoch)
+        if select.best.epoch != before:
+            _keep(select, backbone, run_dir, meta, out["val_knn_auc"])
+        return out
 
     result = fit(model, batches, cfg.pretrain, run_dir, device=device, precision=precision,
                  channels_last=channels_last, log_every=cfg.engine.log_every,
@@ -74,9 +91,17 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
                  checkpoint_every=cfg.engine.checkpoint_every,
                  checkpoint_steps=cfg.engine.checkpoint_steps, max_seconds=cfg.pretrain.max_seconds,
                  accumulate=cfg.engine.accumulate, sync_bn=cfg.engine.sync_batchnorm,
-                 tracking=cfg.engine.tracking, on_epoch_end=snapshot if every else None,
+                 tracking=cfg.engine.tracking, on_epoch_end=on_epoch_end if every or select else None,
                  compile=cfg.engine.compile)
+    chosen: dict[str, Any] = {}
     if is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
+        if select is not None:
+            save_weights(backbone, run_dir / "encoder_last.safetensors", meta)
+            backbone.load_state_dict(select.best.state)
+            chosen = {"select_on": "val_knn", "selected_epoch": select.best.epoch,
+                      "val_knn_auc": select.best.score, "val_knn_auc_start": select.first}
+            console.log(f"kept the encoder of epoch {select.best.epoch} (validation kNN AUC "
+                        f"{select.best.score:.3f}; before training {select.first:.3f})")
         save_weights(backbone, run_dir / "encoder.safetensors", meta)
         console.log(f"pretrained {cfg.pretrain.method}: {result.steps} steps in {result.seconds:.0f} s "
                     f"({result.images_per_second:.0f} img/s), last loss {result.last_loss:.4f}")
@@ -85,4 +110,36 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,
             "last_loss": result.last_loss, "pool": len(data), "params": count_params(backbone),
             "pretext_params": count_params(model), "flops_per_sample": flops_per_sample(backbone, sample),
-            "peak_mem_mb": round(peak_memory_mb(device), 1)}
+            "peak_mem_mb": round(peak_memory_mb(device), 1), **chosen}
+
+
+NO_VALIDATION = ("pretrain.select_on: val_knn needs labelled validation images (a classification study or a "
+                 "MedMNIST pool); this pool has none: use select_on: last")
+SELECTED_FILE = "encoder_selected.safetensors"  # select_on val_knn: the best epoch so far (for resume)
+
+
+def _selection(cfg: StudyConfig, data: PretrainData, backbone: torch.nn.Module, per_epoch: int,
+               precision: torch.dtype | None) -> ValKnnSelection:
+    if data.val is None or len(data.val) < 2:
+        raise MedsslError(NO_VALIDATION)
+    spec = cfg.pretrain
+    return ValKnnSelection(backbone, data.val, data.num_classes, spec.select_every, per_epoch=per_epoch,
+                           planned_steps=spec.epochs * per_epoch, patience=spec.patience, precision=precision)
+
+
+def _keep(select: ValKnnSelection, backbone: torch.nn.Module, run_dir: Path, meta: dict[str, str],
+          score: float) -> None:
+    """Save the newly best encoder with its epoch and score (what a resumed run starts from)."""
+    save_weights(backbone, run_dir / SELECTED_FILE,
+                 {**meta, "epoch": str(select.best.epoch), "val_knn_auc": repr(score),
+                  "val_knn_auc_start": repr(select.first)})
+
+
+def _restore(select: ValKnnSelection, path: Path) -> bool:
+    """A resumed run's selection so far, from ``path`` (False: none saved)."""
+    if not path.is_file():
+        return False
+    info = weights_metadata(path)
+    select.restore(int(info["epoch"]), float(info["val_knn_auc"]), float(info["val_knn_auc_start"]),
+                   load_weights(path))
+    return True

@@ -34,7 +34,7 @@ from medssl.models.maskrcnn import build_mask_rcnn
 from medssl.models.unet import UNet
 from medssl.report.overlays import save_overlay
 from medssl.studies.grid import Cell, Pretrained
-from medssl.studies.pretraining import build_backbone, runtime
+from medssl.studies.pretraining import NO_VALIDATION, build_backbone, runtime
 
 console = Console(stderr=True)
 
@@ -101,6 +101,8 @@ def _check_config(cfg: StudyConfig) -> None:
     if seg.network == "maskrcnn" and "ssl" in ft.inits and cfg.pretrain.method != "distortion_maskrcnn":
         raise MedsslError("segmentation.network=maskrcnn fine-tunes a distortion_maskrcnn detector; "
                           f"pretrain.method is '{cfg.pretrain.method}'")
+    if cfg.pretrain.select_on == "val_knn" and "ssl" in ft.inits and not cfg.pretrain.checkpoint:
+        raise MedsslError(NO_VALIDATION)
     if seg.group_size < 1 or seg.val_checks < 1 or not 0 <= seg.sw_overlap < 1:
         raise MedsslError("segmentation: group_size and val_checks must be >= 1, sw_overlap in [0, 1)")
 

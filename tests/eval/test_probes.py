@@ -146,3 +146,16 @@ def test_reestimate_bn_gives_the_statistics_of_the_images_themselves(name, dims,
         torch.testing.assert_close(new_bn.running_mean, mean, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(new_bn.running_var, var, rtol=1e-4, atol=1e-5)
     assert all(float(bn.running_mean[0]) == 3.0 for bn in bns) and not new.training
+
+
+@pytest.mark.parametrize("k", [1, 5, 29, 40])
+def test_leave_one_out_vote_is_the_vote_of_the_other_rows(k):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(30, 6)), rng.integers(0, 3, 30)
+    got = knn_vote(x, y, x, 3, k, 0.1, chunk=4, leave_one_out=True)  # chunks of 4: offsets matter
+    rest = [np.delete(np.arange(30), i) for i in range(30)]
+    want = np.concatenate([naive_vote(x[r], y[r], x[i:i + 1], 3, min(k, 29), 0.1)
+                           for i, r in enumerate(rest)])
+    assert got == pytest.approx(want, abs=1e-9)
+    with pytest.raises(ValueError, match="leave_one_out"):
+        knn_vote(x, y, x[:5], 3, k, leave_one_out=True)

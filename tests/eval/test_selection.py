@@ -39,3 +39,14 @@ def test_nan_scores_rank_below_every_number():
     best.update(1, 0.0)
     best.update(2, math.nan)
     assert (best.epoch, best.score) == (1, 0.0)
+
+
+def test_restore_continues_from_a_recorded_best():
+    net = nn.Linear(2, 1)
+    best = BestEpoch(net, per_epoch=1, planned_steps=10, patience=0.2)
+    best.restore(3, 0.8, {"weight": torch.zeros(1, 2), "bias": torch.tensor([3.0])})
+    assert not best.update(4, 0.8)  # equal to the restored best: not better, 1 step stale
+    assert best.epoch == 3 and best.state["bias"].item() == 3.0
+    assert best.update(6, 0.7)  # 3 steps stale > 2
+    best.update(7, 0.9)
+    assert (best.epoch, best.score) == (7, 0.9)

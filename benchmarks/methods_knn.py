@@ -45,6 +45,7 @@ from medssl.data.types import ClassificationData
 from medssl.engine import fit, resolve_device, resolve_precision, seed_everything
 from medssl.errors import MedsslError
 from medssl.eval.probes import extract_features, knn_probe, linear_probe, reestimate_bn
+from medssl.eval.selection import ValKnnSelection
 from medssl.methods import METHODS, create_method
 from medssl.registry import create_backbone
 from medssl.stats.intervals import mean_std, t_interval, welch_interval
@@ -81,7 +82,7 @@ def resolve_entry(entry: str) -> tuple[str, dict]:
 def encoder_for(method: str, spatial_dims: int) -> tuple[str, float]:
     return VIT if method == "mae" else ENCODERS[spatial_dims]
 OPTIM_KEYS = ("optimizer", "lr", "weight_decay")  # PretrainConfig defaults, the same for every method
-RESUME_KEYS = ("budget_seconds", "batch_size", "seeds", "precision", "optimizer", "knn")  # must match
+RESUME_KEYS = ("budget_seconds", "batch_size", "seeds", "precision", "optimizer", "knn", "select_on")  # match
 
 
 def evaluate(backbone: torch.nn.Module, data: ClassificationData, precision: torch.dtype | None) -> dict:
@@ -119,8 +120,10 @@ def schedule(epochs: int, batch_size: int) -> PretrainConfig:
 
 
 def pretrain(method: str, data: ClassificationData, budget: float, batch_size: int, seed: int,
-             precision: torch.dtype | None) -> tuple[torch.nn.Module, dict]:
-    """Train ``method`` for ``budget`` seconds; returns the backbone and the training stats."""
+             precision: torch.dtype | None, select: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Train ``method`` for ``budget`` seconds; returns the backbone and the training stats. ``select``:
+    the backbone is the epoch with the best leave-one-out validation kNN AUC (``pretrain.select_on:
+    val_knn``, the product's :class:`ValKnnSelection`; its scoring time counts in the budget)."""
     images = data.train.images
     probe_spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
     _, probe = new_model(method, data, seed)  # throughput probe on 3 batches, then thrown away
@@ -131,12 +134,20 @@ def pretrain(method: str, data: ClassificationData, budget: float, batch_size: i
     epochs = max(1, round(budget * ips / (per_epoch * batch_size)))
     spec = schedule(epochs, batch_size)
     backbone, model = new_model(method, data, seed)
+    chosen = ValKnnSelection(backbone.to(DEVICE), data.val, data.num_classes, per_epoch=per_epoch,
+                             precision=precision) if select else None
+    if chosen is not None:
+        chosen.start()
     result = fit(model, _batches(images, batch_size, seed), spec, None, device=DEVICE, precision=precision,
-                 checkpoint=False,
+                 checkpoint=False, on_epoch_end=chosen,
                  max_seconds=budget, desc=f"{data.name} {method}")
     stats = {"planned_epochs": epochs, "epochs": round(result.steps / per_epoch, 2), "steps": result.steps,
              "seconds": round(result.seconds, 1), "img_per_s": round(result.images_per_second, 1),
              "last_loss": result.last_loss}
+    if chosen is not None:
+        backbone.load_state_dict(chosen.best.state)
+        stats |= {"selected_epoch": chosen.best.epoch, "loo_val_knn_auc": chosen.best.score,
+                  "loo_val_knn_auc_start": chosen.first}
     return backbone, stats
 
 
@@ -215,6 +226,11 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
                   "seed-to-seed spread is measured on many seeds instead of the entry's few; "
                   "`> random, unpaired` reads like `> random` (blank below 2 seeds). No correction for "
                   "the many entries compared with one reference.", ""]
+    if meta.get("select_on") == "val_knn":
+        lines += ["Each entry's encoder is the pretraining epoch (0: before training) with the best "
+                  "leave-one-out kNN AUC among the validation images (`pretrain.select_on: val_knn`; "
+                  "validation labels only), not the last; `kept epoch` is its mean over seeds, `epochs` "
+                  "the epochs trained in the budget (the scoring counts in it).", ""]
     if meta.get("note"):
         lines += [f"Note: {meta['note']}.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
@@ -223,17 +239,19 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
         if len(seeds) > 1:
             randoms = [r for r in sub if r["method"] == "random-init"]
             wide = any(r["seed"] not in seeds for r in randoms)  # reference seeds: unpaired columns
+            kept = any("selected_epoch" in r for r in sub)  # --select-on val_knn
             lines += [f"## {dataset}", "",
-                      "| method | encoder | seeds | epochs | img/s | kNN AUC | linear AUC "
-                      "| kNN − random [95% CI] | > random |"
+                      "| method | encoder | seeds | epochs | " + ("kept epoch | " if kept else "")
+                      + "img/s | kNN AUC | linear AUC | kNN − random [95% CI] | > random |"
                       + (" kNN − random, unpaired [95% CI] | > random, unpaired |" if wide else ""),
-                      "|---" * (9 + 2 * wide) + "|"]
+                      "|---" * (9 + kept + 2 * wide) + "|"]
             for (method, backbone), group in _groups(sub).items():
                 d = None if method == "random-init" else paired(group, base)
                 u = None if method == "random-init" else unpaired(group, randoms)
                 lines.append(
                     f"| {method} | {backbone} x{group[0]['width']} | {len(group)} | "
-                    f"{_mean(group, 'epochs')} | {_mean(group, 'img_per_s')} | "
+                    f"{_mean(group, 'epochs')} | " + (f"{_mean(group, 'selected_epoch')} | " if kept else "")
+                    + f"{_mean(group, 'img_per_s')} | "
                     f"{_pm([r['knn_auc'] for r in group])} | {_pm([r['linear_auc'] for r in group])} | "
                     f"{_diff(d)} | {_verdict(d)} |" + (f" {_diff(u)} | {_verdict(u)} |" if wide else ""))
             lines.append("")
@@ -292,6 +310,9 @@ def main() -> None:
     parser.add_argument("--bn-reestimate", action="store_true",
                         help="also score each encoder after re-estimating BatchNorm statistics on the "
                              "training images (bn_* keys; the main columns are unchanged)")
+    parser.add_argument("--select-on", choices=("last", "val_knn"), default="last",
+                        help="val_knn: keep each entry's pretraining epoch with the best leave-one-out "
+                             "validation kNN AUC (pretrain.select_on), not the last")
     parser.add_argument("--note", default="", help="a sentence for meta.note, printed under the title")
     args = parser.parse_args()
     global DEVICE
@@ -309,11 +330,13 @@ def main() -> None:
             "knn": "Wu et al. 2018 vote: k=20, weights exp(cos/0.07)"}
     if args.note:
         meta["note"] = args.note.rstrip(".")
+    if args.select_on != "last":
+        meta["select_on"] = args.select_on
     out, start = Path(args.out), time.monotonic()
     rows: list[dict] = []
     if args.resume and out.exists():
         old = json.loads(out.read_text())
-        if {k: v for k, v in old["meta"].items() if k in RESUME_KEYS} != {k: meta[k] for k in RESUME_KEYS}:
+        if {k: old["meta"].get(k) for k in RESUME_KEYS} != {k: meta.get(k) for k in RESUME_KEYS}:
             parser.error(f"{out}: made with other settings ({', '.join(RESUME_KEYS)}); no --resume")
         first = old["meta"]["date"].split(" to ")[0]
         rows = old["rows"]
@@ -362,7 +385,7 @@ def main() -> None:
                 info = {"dataset": data.name, "backbone": name, "width": width, "method": entry, "seed": seed}
                 try:
                     backbone, stats = pretrain(entry, data, args.budget_seconds, args.batch_size, seed,
-                                               precision)
+                                               precision, select=args.select_on == "val_knn")
                 except MedsslError as err:  # e.g. Rubik's cube is 3D only
                     print(f"skipped {entry} on {data.name}: {err}", flush=True)
                     skipped.add(entry)

@@ -98,3 +98,16 @@ def test_methods_knn_table_of_an_unfinished_grid_and_of_an_old_one_seed_file(tmp
     module.write(tmp_path / "o.json", {"budget_seconds": 60, "date": "d", "seed": 0}, old)
     plain = (tmp_path / "o.md").read_text()
     assert "Reference" not in plain and _table_row(plain, "simclr")[-1] == "yes"
+
+
+def test_methods_knn_kept_epoch_column_with_selection(tmp_path):
+    module = bench("methods_knn")
+    rows = [_knn_row("random-init", s, 0.6) for s in range(3)]
+    rows += [{**_knn_row("simclr", s, 0.7), "epochs": 40.0, "selected_epoch": e}
+             for s, e in enumerate((2, 4, 9))]
+    meta = {"budget_seconds": 300, "date": "d", "seeds": [0, 1, 2], "select_on": "val_knn"}
+    module.write(tmp_path / "s.json", meta, rows)
+    md = (tmp_path / "s.md").read_text()
+    assert "leave-one-out kNN AUC among the validation images" in md
+    assert _table_row(md, "simclr")[3:5] == ["40.0", "5.0"]  # epochs trained, mean kept epoch
+    assert _table_row(md, "random-init")[4] == ""

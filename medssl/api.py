@@ -254,7 +254,8 @@ def pretrain(images: Any, *, method: str = "simclr", backbone: str = ModelConfig
             ``$MEDSSL_CACHE_DIR``, for data larger than RAM) or ``"auto"`` (disk above half the
             available memory); see ``medssl.data.cache``.
         **pretrain_overrides: other ``pretrain`` keys (``lr``, ``weight_decay``, ``warmup_epochs``,
-            ``optimizer``, ``max_seconds``, ``snapshot_every``); unknown keys are errors.
+            ``optimizer``, ``max_seconds``, ``snapshot_every``; ``select_on="val_knn"`` with a
+            MedMNIST flag keeps the epoch with the best validation kNN AUC); unknown keys are errors.
     """
     from medssl.engine.dist import init_from_env, on_main
     from medssl.methods import method_config

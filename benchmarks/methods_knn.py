@@ -123,7 +123,9 @@ def pretrain(method: str, data: ClassificationData, budget: float, batch_size: i
              precision: torch.dtype | None, select: bool = False) -> tuple[torch.nn.Module, dict]:
     """Train ``method`` for ``budget`` seconds; returns the backbone and the training stats. ``select``:
     the backbone is the epoch with the best leave-one-out validation kNN AUC (``pretrain.select_on:
-    val_knn``, the product's :class:`ValKnnSelection`; its scoring time counts in the budget)."""
+    val_knn``, the product's :class:`ValKnnSelection`; the scoring after each epoch counts in the
+    budget, the one before training does not). Its scores are ``loo_val_knn_auc*``: ``val_knn_auc``
+    is ``evaluate``'s (the train split as the bank)."""
     images = data.train.images
     probe_spec = PretrainConfig(epochs=1, batch_size=batch_size, warmup_epochs=0)
     _, probe = new_model(method, data, seed)  # throughput probe on 3 batches, then thrown away

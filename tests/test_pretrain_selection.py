@@ -21,9 +21,10 @@ from medssl.eval.probes import extract_features
 from medssl.studies.pretraining import build_backbone, pretrain
 
 
-def config(**pretrain_keys) -> StudyConfig:
+def config(engine: dict | None = None, **pretrain_keys) -> StudyConfig:
     return from_dict(StudyConfig, {
-        "seed": 0, "model": {"width": 0.125}, "engine": {"device": "cpu", "precision": "fp32"},
+        "seed": 0, "model": {"width": 0.125},
+        "engine": {"device": "cpu", "precision": "fp32", **(engine or {})},
         "pretrain": {"method": "simclr", "batch_size": 4, "select_on": "val_knn", **pretrain_keys}}, "test")
 
 
@@ -106,10 +107,70 @@ def test_patience_stops_once_the_best_epoch_lies_that_far_behind(tmp_path):
     assert row["selected_epoch"] == best
 
 
-def test_a_pool_without_validation_labels_is_refused_before_training(tmp_path):
+def test_refused_before_training(tmp_path):
     with pytest.raises(MedsslError, match=r"pretrain\.select_on: val_knn needs labelled validation images"):
         pretrain(config(epochs=1), pool(2, val=False), tmp_path / "run")
+    two = pool(2)
+    one_class = PretrainData(two.images, 2, 1, 8, Split(two.val.images, two.val.labels * 0), 2)
+    with pytest.raises(MedsslError, match="two classes among the validation images"):
+        pretrain(config(epochs=1), one_class, tmp_path / "run")
+    with pytest.raises(MedsslError, match=r"pretrain\.patience and pretrain\.select_every act with"):
+        pretrain(config(epochs=1, select_on="last", patience=0.5), pool(2), tmp_path / "run")
+    with pytest.raises(MedsslError, match=r"pretrain\.checkpoint skips pretraining"):
+        pretrain(config(epochs=1, checkpoint="enc.safetensors"), pool(2), tmp_path / "run")
     assert not (tmp_path / "run" / "log.jsonl").exists()
+    pretrain(config(epochs=1, select_on="last"), pool(2), tmp_path / "plain")
+    with pytest.raises(MedsslError, match=r"checkpoint was written without pretrain\.select_on: val_knn"):
+        pretrain(config(epochs=2), pool(2), tmp_path / "plain", resume=True)
+
+
+def test_the_last_epoch_is_a_candidate_when_select_every_skips_it(tmp_path):
+    cfg, data, run = config(epochs=5, select_every=2, snapshot_every=1), pool(3), tmp_path / "run"
+    row = pretrain(cfg, data, run)
+    assert [r["epochs_done"] for r in val_rows(run)] == [2, 4]
+    weights = {0: initial_weights(cfg, 3)} | {
+        e: load_weights(run / "snapshots" / f"encoder_epoch{e:04d}.safetensors") for e in (2, 4, 5)}
+    scores = {e: loo_auc(w, cfg, data) for e, w in weights.items()}
+    best = max(scores, key=lambda e: (scores[e], -e))
+    assert row["selected_epoch"] == best and row["val_knn_auc"] == pytest.approx(scores[best], abs=1e-9)
+
+
+class Killed(Exception):
+    """Stands in for a kill between two checkpoints."""
+
+
+def test_a_run_killed_between_checkpoints_resumes_to_the_same_choice(tmp_path, monkeypatch):
+    from medssl.studies import pretraining
+
+    cfg, data = config({"checkpoint_every": 2}, epochs=6), pool(2)
+    full = pretrain(cfg, data, tmp_path / "full")
+    kept = pretraining._kept
+
+    def kept_then_die(out, *args):
+        kept(out, *args)
+        if out.get("epochs_done") == 3:  # after epoch 3's score and save, before its checkpoint (at 4)
+            raise Killed
+
+    monkeypatch.setattr(pretraining, "_kept", kept_then_die)
+    with pytest.raises(Killed):
+        pretrain(cfg, data, tmp_path / "cut")
+    monkeypatch.setattr(pretraining, "_kept", kept)
+    resumed = pretrain(cfg, data, tmp_path / "cut", resume=True)
+    keys = ("steps", "selected_epoch", "val_knn_auc", "val_knn_auc_start")
+    assert {k: resumed[k] for k in keys} == {k: full[k] for k in keys}
+    for name in ("encoder.safetensors", "encoder_last.safetensors"):
+        a, b = load_weights(tmp_path / "full" / name), load_weights(tmp_path / "cut" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path):
+    cfg, data, run = config(epochs=10, patience=0.2), pool(2), tmp_path / "run"
+    row = pretrain(cfg, data, run)
+    assert row["steps"] < 20
+    last = load_weights(run / "encoder_last.safetensors")
+    again = pretrain(cfg, data, run, resume=True)
+    assert (again["steps"], again["selected_epoch"]) == (row["steps"], row["selected_epoch"])
+    assert all(torch.equal(v, last[k]) for k, v in load_weights(run / "encoder_last.safetensors").items())
 
 
 def test_a_study_keeps_the_chosen_epoch_and_its_report_says_so(tmp_path, data_dir):
@@ -129,4 +190,4 @@ def test_a_study_keeps_the_chosen_epoch_and_its_report_says_so(tmp_path, data_di
     kept = load_weights(run / "pretrain" / "encoder.safetensors")
     assert pre["val_knn_auc"] == pytest.approx(loo_auc(kept, cfg, PretrainData(
         data.train.images, 2, 1, 28, data.val, 2)), abs=1e-9)  # scored on BreastMNIST's validation split
-    assert f"pretraining epoch {pre['selected_epoch']} was kept" in (run / "report.md").read_text()
+    assert f"pretraining epoch {pre['selected_epoch']}" in (run / "report.md").read_text()

@@ -29,10 +29,15 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def weights_metadata(path: Path) -> dict[str, str]:
-    """The string metadata saved with a weights file (``save_weights``'s ``metadata``)."""
-    _read(Path(path))  # a missing or corrupt file: the same one-line error as load_weights
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
+    """The string metadata saved with a weights file (``save_weights``'s ``metadata``); reads the
+    header only. A missing or unreadable file is a one-line error, as in ``load_weights``."""
+    if not Path(path).is_file():
+        raise MedsslError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types
+        raise MedsslError(f"{path}: not a readable safetensors checkpoint ({err})") from err
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:

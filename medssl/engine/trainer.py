@@ -161,7 +161,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     mid-epoch included: the optimizer, the step (hence schedule and data order) and every RNG
     are restored, so a resumed run ends with the same weights as an uninterrupted one.
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection)
-    and ``"stop": True`` to end training after this epoch (early stopping).
+    and ``"stop": True`` to end training after this epoch (early stopping; the checkpoint records
+    it, so a resumed early-stopped run stays stopped).
     ``max_seconds`` is a wall-clock budget, counted over resumes: after ``PLAN_STEPS`` timed steps
     the learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end
     at the step the measured throughput reaches in the budget (never later than ``spec.epochs``),
@@ -222,13 +223,15 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     def save() -> None:
         if run_dir:
             _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
-                             loss_value, total if plan_at is None and max_seconds is not None else None)
+                             loss_value, total if plan_at is None and max_seconds is not None else None,
+                             stopped)
 
     out_of_time, done, t_plan = False, False, None
+    stopped = bool(state.get("stopped", False))  # early-stopped before a resume: nothing left to train
     model.train()
     try:
         with _progress(desc, total, step, main) as (progress, task):
-            for epoch in range(step // per_epoch, epochs):
+            for epoch in range(epochs if stopped else step // per_epoch, epochs):
                 for batch in data.epoch(epoch, start=step - epoch * per_epoch):  # resumed mid-epoch
                     for group in optimizer.param_groups:  # lr 0 leaves a group exactly as it is
                         started = step >= group.get("start_step", 0)  # (older checkpoints lack the key)
@@ -274,7 +277,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                         save()
                 extra = dict(on_epoch_end(epoch) or {}) if on_epoch_end else {}
                 stop = _any_rank(bool(extra.pop("stop", False)))  # early stopping, on every rank
-                out_of_time = out_of_time or stop
+                out_of_time, stopped = out_of_time or stop, stopped or stop
                 if log and extra:
                     row = {"epoch": epoch, "step": step, **extra, **({"early_stop": True} if stop else {})}
                     log.write(json.dumps(row) + "\n")
@@ -422,7 +425,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler | None, run_dir: Path, step: int, elapsed: float,
-                     loss: float, total: int | None = None) -> None:
+                     loss: float, total: int | None = None, stopped: bool = False) -> None:
     # The methods' own generators (corruptions, masks) are module state (``GeneratorState``), the
     # queues and momentum encoders are buffers and parameters: all inside ``model.state_dict()``.
     state = {"step": step, "elapsed": elapsed, "loss": loss, "optimizer": optimizer.state_dict(),
@@ -431,6 +434,8 @@ def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,
         state["scaler"] = scaler.state_dict()
     if total is not None:  # a max_seconds budget's planned last step
         state["total"] = total
+    if stopped:  # early stopping ended the run
+        state["stopped"] = True
     save_checkpoint(model, state, run_dir / "checkpoint.safetensors")
 
 

@@ -95,6 +95,14 @@ def knn_vote_multilabel(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
     return np.stack(votes, 1)
 
 
+def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, k: int = 20,
+                multi_label: bool = False, leave_one_out: bool = False) -> np.ndarray:
+    """:func:`knn_vote` ([M, num_classes]), or :func:`knn_vote_multilabel` ([M, L]) for multi-label tasks."""
+    if multi_label:
+        return knn_vote_multilabel(train_x, train_y, test_x, k, leave_one_out=leave_one_out)
+    return knn_vote(train_x, train_y, test_x, num_classes, k, leave_one_out=leave_one_out)
+
+
 def linear_predict(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                    others: list[np.ndarray], num_classes: int, positive_class: int = 1,
                    multi_label: bool = False) -> tuple[np.ndarray, list[np.ndarray], float]:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from medssl.data.types import Split
 from medssl.eval.metrics import classification_metrics, multilabel_metrics
-from medssl.eval.probes import extract_features, knn_vote, knn_vote_multilabel
+from medssl.eval.probes import extract_features, knn_predict
+
+
+def _rank(score: float) -> float:
+    """The score as compared: NaN ranks below every number."""
+    return -math.inf if math.isnan(score) else score
 
 
 class BestEpoch:
@@ -32,9 +38,9 @@ class BestEpoch:
         self._key = -math.inf
 
     def update(self, epoch: int, score: float) -> bool:
-        """Record ``epoch``'s score (-1: the model before training; NaN ranks below every number);
-        True means stop now."""
-        key = -math.inf if math.isnan(score) else score
+        """Record ``epoch``'s score (the model before training: -1 in fine-tuning, 0 in pretraining,
+        where epochs count those done; NaN ranks below every number); True means stop now."""
+        key = _rank(score)
         if self.state is None or key > self._key:
             self.score, self._key, self.epoch = score, key, epoch
             self.state = copy.deepcopy(self.module.state_dict())
@@ -43,8 +49,7 @@ class BestEpoch:
 
     def restore(self, epoch: int, score: float, state: dict) -> None:
         """Take a best ``epoch`` recorded earlier (a resumed run), with its ``score`` and weights."""
-        self.score, self._key, self.epoch = score, -math.inf if math.isnan(score) else score, epoch
-        self.state = state
+        self.score, self._key, self.epoch, self.state = score, _rank(score), epoch, state
 
 
 class ValKnnSelection:
@@ -73,6 +78,7 @@ class ValKnnSelection:
         self.precision, self.k = precision, k
         self.best = BestEpoch(backbone, per_epoch, planned_steps, patience)
         self.first = math.nan  # the score before training
+        self.scored = -1  # epochs done at the last score
 
     def restore(self, epoch: int, score: float, first: float, state: dict[str, torch.Tensor]) -> None:
         """Continue a resumed run's selection: its best ``epoch``, ``score`` and weights so far."""
@@ -80,25 +86,32 @@ class ValKnnSelection:
         self.first = first
 
     def score(self) -> float:
-        """The backbone's leave-one-out kNN AUC on the validation split, as it is now."""
+        """The backbone's leave-one-out kNN AUC on the validation split, as it is now (NaN when
+        its features are not finite: ranked below every score, never kept over one)."""
         feats = extract_features(self.backbone, self.val.images, precision=self.precision)
-        y = self.val.labels.numpy()
-        if y.ndim == 2:  # multi-label
-            probs = knn_vote_multilabel(feats, y, feats, self.k, leave_one_out=True)
-            return multilabel_metrics(y, probs)["auc"]
-        probs = knn_vote(feats, y, feats, self.num_classes, self.k, leave_one_out=True)
-        return classification_metrics(y, probs)["auc"]
+        if not np.isfinite(feats).all():
+            return math.nan
+        y, multi = self.val.labels.numpy(), self.val.labels.dim() == 2
+        probs = knn_predict(feats, y, feats, self.num_classes, self.k, multi, leave_one_out=True)
+        return (multilabel_metrics(y, probs) if multi else classification_metrics(y, probs))["auc"]
 
     def start(self) -> float:
         """Score the encoder before training (epoch 0, a candidate like any other)."""
         self.first = self.score()
         self.best.update(0, self.first)
+        self.scored = 0
         return self.first
 
     def __call__(self, epoch: int) -> dict[str, float | bool]:
         """``fit``'s ``on_epoch_end(epoch)``: after epoch ``epoch`` (0-based), i.e. ``epoch + 1``
-        epochs done, score every ``every``-th; ``stop`` once patience runs out."""
-        if (epoch + 1) % self.every:
+        epochs done (the last may be cut short by a time budget), score every ``every``-th;
+        ``stop`` once patience runs out."""
+        return {} if (epoch + 1) % self.every else self.finish(epoch + 1)
+
+    def finish(self, epochs_done: int) -> dict[str, float | bool]:
+        """Score the encoder after ``epochs_done`` epochs unless done already (the end of a run
+        whose length is not a multiple of ``every``)."""
+        if self.scored == epochs_done:
             return {}
-        auc = self.score()
-        return {"val_knn_auc": auc, "stop": self.best.update(epoch + 1, auc)}
+        auc, self.scored = self.score(), epochs_done
+        return {"val_knn_auc": auc, "epochs_done": epochs_done, "stop": self.best.update(epochs_done, auc)}

@@ -471,9 +471,11 @@ def compute_blocks(rows: list[dict[str, Any]]) -> list[Block]:
         pre = next((r for r in rs if r.get("protocol") == "pretrain"), {})
         ft = [r for r in rs if r.get("protocol") == "finetune"]
         if "selected_epoch" in pre:
-            chosen.append(("p", f"{dataset} {method}: the encoder of pretraining epoch "
-                                f"{pre['selected_epoch']} was kept, chosen by leave-one-out kNN AUC on the "
-                                "validation images "
+            epoch = pre["selected_epoch"]
+            which = "epoch 0 (the untrained encoder: no pretraining epoch scored above it)" if epoch == 0 \
+                else f"epoch {epoch}"
+            chosen.append(("p", f"{dataset} {method}: the encoder of pretraining {which} was kept, chosen by "
+                                "leave-one-out kNN AUC on the validation images "
                                 f"({pre['val_knn_auc']:.3f}; {pre['val_knn_auc_start']:.3f} before training; "
                                 "`pretrain.select_on: val_knn`)."))
         table.append(

@@ -23,7 +23,7 @@ from medssl.engine.compute import count_params, flops_per_sample, peak_memory_mb
 from medssl.errors import MedsslError
 from medssl.eval.finetune import Classifier, finetune, predict_proba
 from medssl.eval.metrics import classification_metrics, multilabel_metrics, operating_points
-from medssl.eval.probes import extract_features, fit_linear_probe, knn_vote, knn_vote_multilabel
+from medssl.eval.probes import extract_features, fit_linear_probe, knn_predict
 from medssl.io import atomic_write
 from medssl.studies.grid import Cell, Pretrained
 from medssl.studies.pretraining import build_backbone, method_label, runtime
@@ -94,8 +94,8 @@ class ClassificationTask:
                                      cfg.data.positive_class, data.multi_label)
         if ft.knn:
             k = ft.knn_k
-            knn = [knn_vote_multilabel(feats["train"], y, feats[s], k) if data.multi_label
-                   else knn_vote(feats["train"], y, feats[s], data.num_classes, k) for s in ("val", "test")]
+            knn = [knn_predict(feats["train"], y, feats[s], data.num_classes, k, data.multi_label)
+                   for s in ("val", "test")]
             linear = (probe.val_probs, probe.predict(feats["test"]))
             for protocol, (pv, pt), extra in (("knn", knn, {}), ("linear", linear, {"C": probe.C})):
                 predictions.update({f"{protocol}_val": pv, f"{protocol}_test": pt})

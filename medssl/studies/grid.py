@@ -26,7 +26,7 @@ from medssl.engine.checkpoint import load_weights
 from medssl.engine.dist import barrier, is_main, local_only, on_main, rank, world_size
 from medssl.errors import MedsslError
 from medssl.methods import method_config
-from medssl.studies.pretraining import pretrain, runtime
+from medssl.studies.pretraining import check_selection, pretrain, runtime
 from medssl.studies.rundir import append_row, finish_run, finished_rows, run_cell, start_run
 
 console = Console(stderr=True)
@@ -80,6 +80,7 @@ class Task(Protocol):
 def check_grid(cfg: StudyConfig, task: Task) -> Any:
     """Every check that can run before a file is written (the common config, then the task's data)."""
     method_config(cfg.pretrain.method, cfg.pretrain.method_args)
+    check_selection(cfg)
     runtime(cfg)  # device and precision exist here
     for f in cfg.finetune.fractions:
         if not 0 < f <= 1:

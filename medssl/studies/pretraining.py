@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,23 +68,23 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     # the file rebuilds its encoder alone (``medssl.load_encoder``): no config.yaml needed beside it
     meta = {"method": cfg.pretrain.method, "backbone": cfg.model.backbone, "config": json.dumps(config)}
     every = cfg.pretrain.snapshot_every
+    check_selection(cfg)
     select = _selection(cfg, data, backbone, len(batches), precision) if cfg.pretrain.select_on == "val_knn" \
         else None
-    if select is not None and is_main():  # rank 0 scores, keeps and saves; every rank stops with it
+    # rank 0 scores, keeps and saves; every rank stops with it (the others wait at the next
+    # collective while it scores: fine for validation sets of a few thousand images)
+    if select is not None and is_main():
         backbone.to(device)
-        if not (resume and _restore(select, run_dir / SELECTED_FILE)):
-            _keep(select, backbone, run_dir, meta, select.start())
+        if not (resume and _restore(select, run_dir)):
+            select.start()
+            _keep(select, backbone, run_dir, meta)
 
     def on_epoch_end(epoch: int) -> dict[str, Any]:
         if every and (epoch + 1) % every == 0 and is_main():
             save_weights(backbone, run_dir / "snapshots" / f"encoder_epoch{epoch + 1:04d}.safetensors", meta)
         if select is None or not is_main():
             return {}
-        before = select.best.epoch
-        out = select(epoch)
-        if select.best.epoch != before:
-            _keep(select, backbone, run_dir, meta, out["val_knn_auc"])
-        return out
+        return _kept(select(epoch), select, backbone, run_dir, meta)
 
     result = fit(model, batches, cfg.pretrain, run_dir, device=device, precision=precision,
                  channels_last=channels_last, log_every=cfg.engine.log_every,
@@ -96,6 +97,7 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     chosen: dict[str, Any] = {}
     if is_main():  # under torchrun every rank holds the same weights; rank 0 writes them
         if select is not None:
+            _kept(select.finish(math.ceil(result.steps / len(batches))), select, backbone, run_dir, meta)
             save_weights(backbone, run_dir / "encoder_last.safetensors", meta)
             backbone.load_state_dict(select.best.state)
             chosen = {"select_on": "val_knn", "selected_epoch": select.best.epoch,
@@ -118,26 +120,53 @@ NO_VALIDATION = ("pretrain.select_on: val_knn needs labelled validation images (
 SELECTED_FILE = "encoder_selected.safetensors"  # select_on val_knn: the best epoch so far (for resume)
 
 
+def check_selection(cfg: StudyConfig) -> None:
+    """The ``pretrain.select_*`` keys that would be silently ignored are errors."""
+    spec = cfg.pretrain
+    if spec.select_on == "last" and (spec.patience or spec.select_every != 1):
+        raise MedsslError("pretrain.patience and pretrain.select_every act with pretrain.select_on: val_knn "
+                          "only; set it, or remove them")
+    if spec.select_on == "val_knn" and spec.checkpoint:
+        raise MedsslError("pretrain.select_on: val_knn chooses a pretraining epoch, but pretrain.checkpoint "
+                          "skips pretraining; remove one of them")
+
+
 def _selection(cfg: StudyConfig, data: PretrainData, backbone: torch.nn.Module, per_epoch: int,
                precision: torch.dtype | None) -> ValKnnSelection:
+    """The validation kNN selection of ``pretrain.select_*`` on ``data.val`` (k: ``finetune.knn_k``)."""
     if data.val is None or len(data.val) < 2:
         raise MedsslError(NO_VALIDATION)
+    if data.val.labels.dim() == 1 and len(data.val.labels.unique()) < 2:
+        raise MedsslError("pretrain.select_on: val_knn needs two classes among the validation images for an "
+                          f"AUC; they all have class {int(data.val.labels[0])}")
     spec = cfg.pretrain
     return ValKnnSelection(backbone, data.val, data.num_classes, spec.select_every, per_epoch=per_epoch,
-                           planned_steps=spec.epochs * per_epoch, patience=spec.patience, precision=precision)
+                           planned_steps=spec.epochs * per_epoch, patience=spec.patience, precision=precision,
+                           k=cfg.finetune.knn_k)
 
 
-def _keep(select: ValKnnSelection, backbone: torch.nn.Module, run_dir: Path, meta: dict[str, str],
-          score: float) -> None:
-    """Save the newly best encoder with its epoch and score (what a resumed run starts from)."""
+def _kept(out: dict[str, Any], select: ValKnnSelection, backbone: torch.nn.Module, run_dir: Path,
+          meta: dict[str, str]) -> dict[str, Any]:
+    """Save the encoder when the score ``out`` just made it the best; return ``out``."""
+    if out and select.best.epoch == out["epochs_done"]:
+        _keep(select, backbone, run_dir, meta)
+    return out
+
+
+def _keep(select: ValKnnSelection, backbone: torch.nn.Module, run_dir: Path, meta: dict[str, str]) -> None:
+    """Save the best encoder so far with its epoch and score (what a resumed run starts from)."""
     save_weights(backbone, run_dir / SELECTED_FILE,
-                 {**meta, "epoch": str(select.best.epoch), "val_knn_auc": repr(score),
+                 {**meta, "epoch": str(select.best.epoch), "val_knn_auc": repr(select.best.score),
                   "val_knn_auc_start": repr(select.first)})
 
 
-def _restore(select: ValKnnSelection, path: Path) -> bool:
-    """A resumed run's selection so far, from ``path`` (False: none saved)."""
+def _restore(select: ValKnnSelection, run_dir: Path) -> bool:
+    """A resumed run's selection so far (False: a fresh run, nothing to restore)."""
+    path = run_dir / SELECTED_FILE
     if not path.is_file():
+        if (run_dir / "checkpoint.safetensors").is_file():
+            raise MedsslError(f"{run_dir}: its checkpoint was written without pretrain.select_on: val_knn; "
+                              "resume it with the config it was written with")
         return False
     info = weights_metadata(path)
     select.restore(int(info["epoch"]), float(info["val_knn_auc"]), float(info["val_knn_auc_start"]),

@@ -124,15 +124,17 @@ def test_refused_before_training(tmp_path):
         pretrain(config(epochs=2), pool(2), tmp_path / "plain", resume=True)
 
 
-def test_the_last_epoch_is_a_candidate_when_select_every_skips_it(tmp_path):
-    cfg, data, run = config(epochs=5, select_every=2, snapshot_every=1), pool(3), tmp_path / "run"
-    row = pretrain(cfg, data, run)
+def test_the_last_epoch_is_a_candidate_when_select_every_skips_it(tmp_path, monkeypatch):
+    from medssl.eval.selection import ValKnnSelection
+
+    scores = iter([0.5, 0.6, 0.55, 0.9])  # before training, after epochs 2 and 4, after the last (5)
+    monkeypatch.setattr(ValKnnSelection, "score", lambda self: next(scores))
+    cfg, run = config(epochs=5, select_every=2, snapshot_every=1), tmp_path / "run"
+    row = pretrain(cfg, pool(3), run)
     assert [r["epochs_done"] for r in val_rows(run)] == [2, 4]
-    weights = {0: initial_weights(cfg, 3)} | {
-        e: load_weights(run / "snapshots" / f"encoder_epoch{e:04d}.safetensors") for e in (2, 4, 5)}
-    scores = {e: loo_auc(w, cfg, data) for e, w in weights.items()}
-    best = max(scores, key=lambda e: (scores[e], -e))
-    assert row["selected_epoch"] == best and row["val_knn_auc"] == pytest.approx(scores[best], abs=1e-9)
+    assert (row["selected_epoch"], row["val_knn_auc"], row["val_knn_auc_start"]) == (5, 0.9, 0.5)
+    kept, last = load_weights(run / "encoder.safetensors"), load_weights(run / "encoder_last.safetensors")
+    assert all(torch.equal(kept[k], last[k]) for k in kept)
 
 
 class Killed(Exception):

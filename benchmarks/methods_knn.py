@@ -48,7 +48,7 @@ from medssl.eval.probes import extract_features, knn_probe, linear_probe, reesti
 from medssl.eval.selection import ValKnnSelection
 from medssl.methods import METHODS, create_method
 from medssl.registry import create_backbone
-from medssl.stats.intervals import mean_std, t_interval, welch_interval
+from medssl.stats.intervals import mean_std, paired_seed_diffs, welch_interval
 
 DEVICE = torch.device("cpu")  # set from --device in main()
 REFERENCE_SECONDS = 60.0  # bound on one random-init evaluation for --max-minutes (10-20 s on 2 cores)
@@ -171,10 +171,11 @@ Diff = tuple[float, float | None, float | None]  # mean difference, interval low
 def paired(rows: list[dict], base: dict[tuple[str, int], float]) -> Diff | None:
     """Mean kNN AUC difference to the random-init encoder of the same backbone and seed, and its 95%
     t-interval over seeds (None, None with one paired seed; None without any)."""
-    diffs = [r["knn_auc"] - base[k] for r in rows if (k := (r["backbone"], r["seed"])) in base]
-    if len(diffs) < 2:
-        return (diffs[0], None, None) if diffs else None
-    return mean_std(diffs)[0], *t_interval(diffs)
+    mine = {k: r["knn_auc"] for r in rows if (k := (r["backbone"], r["seed"])) in base}
+    if len(mine) < 2:
+        return next(((v - base[k], None, None) for k, v in mine.items()), None)
+    mean, (low, high), _ = paired_seed_diffs(mine, {k: base[k] for k in mine})
+    return mean, low, high
 
 
 def unpaired(rows: list[dict], reference: list[dict]) -> Diff | None:

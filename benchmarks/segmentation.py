@@ -81,14 +81,15 @@ def markdown(result: dict) -> str:
     """A short table: Dice per class at each fraction, SSL and scratch, plus the nnU-Net line."""
     s, cfg = result["summary"], result["config"]
     k = cfg["segmentation"]["folds"]
+    resumed = " (the last part of a resumed run)" if result.get("resumed") else ""
     fold_text = (f"{k}-fold cross-validation" if len(result["folds"]) > 1
                  else f"fixed held-out fold {result['folds'][0]} of {k}")
     lines = [f"# Hippocampus (MSD Task04) segmentation: {cfg['pretrain']['method']} SSL vs scratch", "",
              f"{fold_text}, seeds {result['seeds']}; backbone `{cfg['model']['backbone']}` width "
              f"{cfg['model']['width']}, U-Net decoder; fine-tuning {cfg['finetune']['epochs']} epochs "
              f"(min {cfg['finetune']['min_steps']} steps), crop {cfg['segmentation']['crop']}. "
-             f"Wall time {result['wall_seconds'] / 60:.1f} min on {result['machine']['cpus']} CPU cores "
-             f"(pretraining {(result['pretrain_seconds'] or 0) / 60:.1f} min).", "",
+             f"Wall time {result['wall_seconds'] / 60:.1f} min{resumed} on {result['machine']['cpus']} "
+             f"CPU cores (pretraining {(result['pretrain_seconds'] or 0) / 60:.1f} min).", "",
              *[f"- {n}" for n in notes(result)], "",
              "| fraction | init | runs | Dice anterior | Dice posterior | Dice mean | IoU mean | HD95 (mm) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -129,6 +130,8 @@ def main() -> None:
     parser.add_argument("--fractions", default="[0.1, 1.0]", help="label fractions, a YAML list")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run of the same config: finished cells are kept")
     parser.add_argument("--rebuild", action="store_true",
                         help="no study: rewrite <out>.md and the notes of <out>.json from <out>.json")
     args = parser.parse_args()
@@ -142,8 +145,9 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     cfg.segmentation.test_folds = [0] if args.folds == "fixed" else list(range(cfg.segmentation.folds))
     t0 = time.perf_counter()
-    run = run_study(cfg, overwrite=True)
-    result = {**summarise(run), "wall_seconds": time.perf_counter() - t0, "run_dir": str(run),
+    run = run_study(cfg, overwrite=True, resume=args.resume)
+    result = {**summarise(run), "wall_seconds": time.perf_counter() - t0, "resumed": args.resume,
+              "run_dir": str(run),
               "dice_rule": DICE_RULE,
               "config": to_dict(cfg), "reference": NNUNET,
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,

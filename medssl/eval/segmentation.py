@@ -219,7 +219,8 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     0) for the first w x planned steps. ``compile``: ``engine.compile`` (see ``fit``).
 
     Returns:
-        ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``, ``encoder_start``.
+        ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``, ``encoder_start``,
+        ``val_curve`` (``[epoch, mean validation Dice]`` of every check: converged or step-limited?).
     """
     images, labels = train
     if len(images) < spec.batch_size:  # tiny label fractions: repeat cases up to one batch (patches differ)
@@ -229,6 +230,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     epochs = planned_epochs(spec.epochs, min_steps, per_epoch)
     checks = {round((i + 1) * epochs / max(1, val_checks)) - 1 for i in range(max(1, val_checks))}
     best = BestEpoch(net.core, per_epoch, epochs * per_epoch, getattr(spec, "patience", 0.0))
+    curve: list[list[float]] = []
     if hasattr(net, "encoder_start"):
         net.encoder_start = round(decoder_warmup * epochs * per_epoch)
 
@@ -237,6 +239,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
             return {}
         means = evaluate(net, *val, num_classes, roi, overlap, None, precision, hd95=False)[0]
         dice = float(np.nan_to_num(np.nanmean(means["dice"]), nan=0.0))
+        curve.append([epoch, dice])
         return {"val_dice": dice, "stop": best.update(epoch, dice)}
 
     data = TensorBatches(images, labels, spec.batch_size, seed, drop_last=False, device=device)
@@ -245,7 +248,7 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     net.core.load_state_dict(best.state)
     save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best.epoch)})
     return {"best_epoch": best.epoch, "val_dice": best.score, "seconds": result.seconds,
-            "steps": result.steps, "encoder_start": getattr(net, "encoder_start", 0)}
+            "steps": result.steps, "encoder_start": getattr(net, "encoder_start", 0), "val_curve": curve}
 
 
 def load_pretrained(unet: UNet, encoder: dict[str, torch.Tensor],

@@ -278,5 +278,7 @@ def test_train_segmentation_keeps_the_best_validation_epoch(monkeypatch, tmp_pat
     out = segmentation.train_segmentation(net, train, ([image], [target]), spec, tmp_path, 0, 2, (8, 8),
                                           0.25, val_checks=len(thresholds))
     assert out["best_epoch"] == 1 and out["val_dice"] == 1.0
+    assert [e for e, _ in out["val_curve"]] == [0, 1, 2, 3]
+    assert [d for _, d in out["val_curve"]] == pytest.approx([dice_all, 1.0, 0.0, dice_all])
     assert net.t.item() == 0.5  # the best epoch's weights are loaded back, not the last epoch's
     assert load_weights(tmp_path / "model.safetensors")["t"].item() == 0.5

@@ -28,7 +28,7 @@ import torch
 
 from medssl.config import load_config, to_dict
 from medssl.report.report import read_results
-from medssl.report.segmentation import paired_dice, summarise_segmentation
+from medssl.report.segmentation import paired_dice, selection_lines, summarise_segmentation
 from medssl.studies import run_study
 
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
@@ -112,11 +112,27 @@ def markdown(result: dict) -> str:
             ci = (f" [95% paired t-interval over {pair['pairs']} seed pairs: {pair['ci95'][0]:+.3f}, "
                   f"{pair['ci95'][1]:+.3f}]" if pair and pair["pairs"] > 1 else "")
             lines.append(f"- {frac}: {ssl['dice_mean'][0] - scr['dice_mean'][0]:+.3f}{ci}")
+    if selection := selection_lines(result["runs"]):
+        lines += ["", "Model selection (validation Dice):", "", *selection, "",
+                  "Validation Dice at each check (step), per run; * = the kept check:", "",
+                  *curve_lines(result["runs"])]
     ref = result["reference"]
     lines += ["", f"Reference: {ref['source']}: Dice anterior {ref['dice_anterior']}, posterior "
               f"{ref['dice_posterior']} (mean ≈ {ref['dice_mean']}). Different split and a far larger "
               "training budget: a ceiling, not a like-for-like comparison."]
     return "\n".join(lines) + "\n"
+
+
+def curve_lines(runs: list[dict]) -> list[str]:
+    """One line per run with a ``val_curve``: validation Dice at every check, its step, the kept one."""
+    lines = []
+    for r in sorted((r for r in runs if r.get("val_curve")),
+                    key=lambda r: (r["fraction"], r["init"] != "ssl", r["fold"], r["seed"])):
+        per_epoch = r["steps"] / (r["val_curve"][-1][0] + 1)  # the last check ends the run
+        checks = " ".join(f"{d:.3f}{'*' if e == r['best_epoch'] else ''} ({round((e + 1) * per_epoch)})"
+                          for e, d in r["val_curve"])
+        lines.append(f"- {r['fraction']:g} {r['init']} fold {r['fold']} seed {r['seed']}: {checks}")
+    return lines
 
 
 def main() -> None:

@@ -94,6 +94,27 @@ def delta_lines(summary: dict, rows: list[dict[str, Any]] = ()) -> list[str]:
     return lines
 
 
+def selection_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per (fraction, init): how many runs kept their last validation check and how much validation
+    Dice the last check added over the one before it. Many runs kept the last check while Dice still
+    rose: the fine-tuning budget, not the data, may be the limit (rows without ``val_curve`` skipped)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("protocol") == "segmentation" and len(r.get("val_curve") or []) >= 2:
+            groups[(r["fraction"], r["init"] != "ssl")].append(r)
+    lines = []
+    for (frac, _), group in sorted(groups.items()):
+        last = sum(r["best_epoch"] == r["val_curve"][-1][0] for r in group)
+        gain = float(np.mean([r["val_curve"][-1][1] - r["val_curve"][-2][1] for r in group]))
+        lines.append(f"- fraction {frac:g}, {group[0]['init']}: {last} of {len(group)} runs kept the last of "
+                     f"{len(group[0]['val_curve'])} validation checks; the last check added {gain:+.3f} "
+                     "validation Dice (mean)")
+        if 2 * last > len(group) and gain > 0:
+            lines[-1] += ("; still rising at the end of the schedule: longer fine-tuning "
+                          "(finetune.min_steps, finetune.epochs) may still help")
+    return lines
+
+
 def _overlay_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Overlays of the first seed/fold of every (fraction, init), so the same cases line up."""
     seg = [r for r in rows if r.get("protocol") == "segmentation" and r.get("overlays")]
@@ -132,6 +153,8 @@ def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path
                   "pretraining checkpoint.", ""]
     lines += ["## SSL vs scratch", "", *(delta_lines(summary, rows) or ["- (no SSL/scratch pair)"]), ""]
     lines += ["## Test metrics", "", *segmentation_table(summary, classes), ""]
+    if selection := selection_lines(rows):
+        lines += ["## Model selection (validation Dice)", "", *selection, ""]
     lines += _overlay_lines(rows)
     lines += ["## Compute", ""]
     if pre and "seconds" in pre:

@@ -38,6 +38,14 @@ def test_segmentation_notes_follow_the_pretraining_pool_and_run_count():
     assert "before 6a66d92" in notes({**_result("all", [0], [0]), "dice_rule": None})[-1]
 
 
+def test_segmentation_curve_lines_give_each_check_its_step_and_mark_the_kept_one():
+    run = {"fraction": 0.1, "init": "ssl", "fold": 0, "seed": 1, "steps": 24, "best_epoch": 3,
+           "val_curve": [[1, 0.5], [3, 0.8], [7, 0.75]]}  # 8 epochs of 3 steps
+    old = {**run, "seed": 0, "val_curve": None}  # a row from before val_curve: no line
+    assert bench("segmentation").curve_lines([run, old]) == [
+        "- 0.1 ssl fold 0 seed 1: 0.500 (6) 0.800* (12) 0.750 (24)"]
+
+
 @pytest.mark.parametrize("pool", ["all", "train"])
 def test_distortion_notes_come_from_each_entry_config(pool, monkeypatch, tmp_path):
     module = bench("distortion_seg")

@@ -115,3 +115,27 @@ def test_paired_dice_interval_matches_a_hand_computed_t_interval():
     assert (lo, hi) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-6)
     line = delta_lines(summarise_segmentation(rows), rows)[0]
     assert f"{0.05 - half:+.3f}, {0.05 + half:+.3f}]" in line
+
+
+def test_selection_lines_count_runs_that_kept_the_last_check_and_flag_a_rising_curve(tmp_path):
+    from medssl.report.segmentation import selection_lines, write_segmentation_report
+
+    def row(init, seed, curve):
+        best = max(curve, key=lambda c: c[1])[0]  # first maximum, as BestEpoch keeps it
+        return {"protocol": "segmentation", "init": init, "fraction": 0.1, "seed": seed, "fold": 0,
+                "classes": ["a"], "dice_a": 0.8, "dice_mean": 0.8, "seconds": 1.0,
+                "best_epoch": best, "val_curve": curve}
+
+    rows = [row("ssl", 0, [[9, 0.70], [19, 0.78], [29, 0.80]]),  # last kept, +.02
+            row("ssl", 1, [[9, 0.70], [19, 0.81], [29, 0.80]]),  # middle kept, -.01
+            row("ssl", 2, [[9, 0.72], [19, 0.75], [29, 0.82]]),  # last kept, +.07
+            row("scratch", 0, [[9, 0.60], [19, 0.70], [29, 0.69]]),  # none kept the last: no hint
+            row("scratch", 1, [[9, 0.60], [19, 0.71], [29, 0.65]]),
+            {**row("scratch", 2, [[29, 0.5]]), "val_curve": [[29, 0.5]]}]  # one check: left out
+    ssl, scratch = selection_lines(rows)
+    assert ssl.startswith("- fraction 0.1, ssl: 2 of 3 runs kept the last of 3 validation checks")
+    assert "added +0.027 validation Dice" in ssl and "longer fine-tuning" in ssl  # (.02 - .01 + .07) / 3
+    assert scratch.startswith("- fraction 0.1, scratch: 0 of 2 runs") and "-0.035" in scratch
+    assert "longer fine-tuning" not in scratch
+    text = write_segmentation_report(tmp_path, rows).read_text()
+    assert "## Model selection (validation Dice)" in text and ssl in text

@@ -136,6 +136,10 @@ def test_selection_lines_count_runs_that_kept_the_last_check_and_flag_a_rising_c
     assert ssl.startswith("- fraction 0.1, ssl: 2 of 3 runs kept the last of 3 validation checks")
     assert "added +0.027 validation Dice" in ssl and "longer fine-tuning" in ssl  # (.02 - .01 + .07) / 3
     assert scratch.startswith("- fraction 0.1, scratch: 0 of 2 runs") and "-0.035" in scratch
-    assert "longer fine-tuning" not in scratch
+    assert "longer fine-tuning" not in scratch and "flat" not in scratch
+    flat = [row("ssl", s, [[9, 0.7], [19, 0.80], [29, 0.80 + d]]) for s, d in enumerate([0.002, 0.004])]
+    [line] = selection_lines(flat)  # both kept the last check, +.003 < RISING: converged, not step-limited
+    assert "2 of 2 runs" in line and "+0.003" in line and "flat at the end" in line
+    assert "longer fine-tuning" not in line
     text = write_segmentation_report(tmp_path, rows).read_text()
     assert "## Model selection (validation Dice)" in text and ssl in text

@@ -107,19 +107,19 @@ def selection_lines(rows: list[dict[str, Any]]) -> list[str]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if r.get("protocol") == "segmentation" and len(r.get("val_curve") or []) >= 2:
-            groups[(r["fraction"], r["init"] != "ssl")].append(r)
+            groups[(r["fraction"], r["init"])].append(r)
     lines = []
-    for (frac, _), group in sorted(groups.items()):
+    for (frac, init), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "ssl")):
         last = sum(r["best_epoch"] == r["val_curve"][-1][0] for r in group)
         gain = float(np.mean([r["val_curve"][-1][1] - r["val_curve"][-2][1] for r in group]))
-        lines.append(f"- fraction {frac:g}, {group[0]['init']}: {last} of {len(group)} runs kept the last of "
-                     f"{len(group[0]['val_curve'])} validation checks; the last check added {gain:+.3f} "
-                     "validation Dice (mean)")
-        if 2 * last > len(group) and gain >= RISING:
-            lines[-1] += ("; still rising at the end of the schedule: longer fine-tuning "
-                          "(finetune.min_steps, finetune.epochs) may still help")
-        elif 2 * last > len(group):
-            lines[-1] += f"; flat at the end (under {RISING:+.3f}): more steps are unlikely to help much"
+        line = (f"- fraction {frac:g}, {init}: {last} of {len(group)} runs kept the last of "
+                f"{len(group[0]['val_curve'])} validation checks; the last check added {gain:+.3f} "
+                "validation Dice (mean)")
+        if 2 * last > len(group):
+            line += ("; still rising at the end of the schedule: longer fine-tuning (finetune.min_steps, "
+                     "finetune.epochs) may still help" if gain >= RISING else
+                     f"; flat at the end (under {RISING:+.3f}): more steps are unlikely to help much")
+        lines.append(line)
     return lines
 
 

@@ -128,7 +128,8 @@ def curve_lines(runs: list[dict]) -> list[str]:
     lines = []
     for r in sorted((r for r in runs if r.get("val_curve")),
                     key=lambda r: (r["fraction"], r["init"] != "ssl", r["fold"], r["seed"])):
-        per_epoch = r["steps"] / (r["val_curve"][-1][0] + 1)  # the last check ends the run
+        # rows from before steps_per_epoch was recorded: the last check ends the run
+        per_epoch = r.get("steps_per_epoch") or r["steps"] / (r["val_curve"][-1][0] + 1)
         checks = " ".join(f"{d:.3f}{'*' if e == r['best_epoch'] else ''} ({round((e + 1) * per_epoch)})"
                           for e, d in r["val_curve"])
         lines.append(f"- {r['fraction']:g} {r['init']} fold {r['fold']} seed {r['seed']}: {checks}")

@@ -184,6 +184,22 @@ def test_impossible_device_or_precision_is_a_one_line_error(hardware, machine, d
         resolve_precision(precision, resolve_device(device))
 
 
+@pytest.mark.parametrize(("machine", "expected"), [
+    ({"gpus": 1}, ("cuda", "bf16")),
+    ({"gpus": 1, "cuda_bf16": False}, ("cuda", "fp16")),
+    ({"cpu_bf16": True}, ("cpu", "bf16")),
+    ({}, ("cpu", "fp32")),
+])
+def test_every_cell_row_records_the_device_and_precision_it_trained_in(hardware, machine, expected):
+    from medssl.config import StudyConfig
+    from medssl.studies.grid import stamped
+
+    hardware(**machine)
+    rows = stamped(StudyConfig(), lambda: [{"auc": 0.5}, {"auc": 0.7, "protocol": "linear"}])()
+    assert rows == [{"auc": 0.5, "device": expected[0], "precision": expected[1]},
+                    {"auc": 0.7, "protocol": "linear", "device": expected[0], "precision": expected[1]}]
+
+
 def test_grad_scaler_only_for_fp16():
     cpu = torch.device("cpu")
     assert isinstance(grad_scaler(cpu, torch.float16), torch.amp.GradScaler)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from medssl.errors import MedsslError
-from medssl.report.report import summarise, write_report
+from medssl.report.report import runtime_text, summarise, write_report
 
 
 def rows():
@@ -32,6 +32,16 @@ def test_report_and_plot_from_results_alone(tmp_path):
     assert "this run saved no predictions" in text  # no intervals without them
     assert "| breastmnist | simclr | 10 | 5 | 100 | 4 |" in text  # compute: pretraining and 4 fine-tunes
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_report_says_what_the_study_trained_in():
+    old = rows()  # written before rows recorded it: nothing claimed
+    assert runtime_text(old) == ""
+    cpu = [{**r, "device": "cpu", "precision": "bf16"} for r in old]
+    assert runtime_text(cpu) == "Trained on cpu in bf16."
+    resumed = cpu[:3] + [{**r, "device": "cuda", "precision": "fp16"} for r in old[3:]]
+    text = runtime_text(resumed)
+    assert text.startswith("Trained on cpu in bf16 and cuda in fp16 (") and "resumed" in text
 
 
 def test_bad_results_file_names_the_line(tmp_path):

@@ -83,6 +83,8 @@ def test_tiny_3d_hippocampus_study(tmp_path, capsys, data_dir):
         assert all((run / p).is_file() for p in r["overlays"])
     report = (run / "report.md").read_text()
     assert "SSL − scratch" in report and "Dice anterior" in report and "![" in report
+    assert "- Trained on cpu in fp32." in report and all(r["precision"] == "fp32" for r in seg)
+    assert all(r["steps"] == (r["val_curve"][-1][0] + 1) * r["steps_per_epoch"] for r in seg)
     html = (run / "report.html").read_text()  # the same report, overlays embedded, nothing fetched
     assert "<th>Dice anterior</th>" in html
     assert html.count("src='data:image/png;base64,") == report.count("![")

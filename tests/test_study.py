@@ -63,6 +63,8 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     assert len(subset["indices"]) == 55 and subset["fraction"] == 0.1  # 15 malignant + 40 benign
     report = (run / "report.md").read_text()
     assert "SSL − scratch" in report and "| 10% | fine-tuned | simclr | 55 | 2 |" in report
+    assert {(r["device"], r["precision"]) for r in rows if r["protocol"] != "study"} == {("cpu", "fp32")}
+    assert "Trained on cpu in fp32." in report
 
     # The same study killed twice (mid-pretraining, then in the third cell) and resumed equals it
     b = resumed_study(tmp_path, monkeypatch)

@@ -71,6 +71,11 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> tor
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The ``engine.precision`` name of an autocast dtype: None -> ``fp32`` (what a results row records)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """The autocast region for ``dtype`` on ``device`` (a no-op region for fp32)."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

@@ -219,8 +219,9 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     0) for the first w x planned steps. ``compile``: ``engine.compile`` (see ``fit``).
 
     Returns:
-        ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``, ``encoder_start``,
-        ``val_curve`` (``[epoch, mean validation Dice]`` of every check: converged or step-limited?).
+        ``best_epoch``, ``val_dice``, ``seconds`` (training), ``steps``, ``steps_per_epoch``,
+        ``encoder_start``, ``val_curve`` (``[epoch, mean validation Dice]`` of every check: converged
+        or step-limited? A check's step is (epoch + 1) x ``steps_per_epoch``).
     """
     images, labels = train
     if len(images) < spec.batch_size:  # tiny label fractions: repeat cases up to one batch (patches differ)
@@ -248,7 +249,8 @@ def train_segmentation(net: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
     net.core.load_state_dict(best.state)
     save_weights(net.core, run_dir / "model.safetensors", {"best_epoch": str(best.epoch)})
     return {"best_epoch": best.epoch, "val_dice": best.score, "seconds": result.seconds,
-            "steps": result.steps, "encoder_start": getattr(net, "encoder_start", 0), "val_curve": curve}
+            "steps": result.steps, "steps_per_epoch": per_epoch,
+            "encoder_start": getattr(net, "encoder_start", 0), "val_curve": curve}
 
 
 def load_pretrained(unet: UNet, encoder: dict[str, torch.Tensor],

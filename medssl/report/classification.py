@@ -25,6 +25,7 @@ from sklearn.metrics import confusion_matrix
 
 from medssl.report import figures
 from medssl.report.blocks import Block
+from medssl.report.report import runtime_text
 from medssl.stats.intervals import auc, bootstrap_ci, delong, mean_std, paired_bootstrap, paired_seed_diffs
 
 PROTOCOLS = ("finetune", "linear", "knn")
@@ -499,7 +500,7 @@ def compute_blocks(rows: list[dict[str, Any]]) -> list[Block]:
             "p",
             "Wall time and throughput on the machine that ran the study; FLOPs are forward FLOPs of one "
             "test image through the fine-tuned classifier; peak memory is the process's resident peak "
-            "on a CPU, the allocator's peak on a GPU.",
+            f"on a CPU, the allocator's peak on a GPU. {runtime_text(rows)}".rstrip(),
         ),
         ("table", header, table),
         *chosen,

@@ -12,6 +12,7 @@ import numpy as np
 
 from medssl.io import atomic_write
 from medssl.report.blocks import from_markdown, to_html
+from medssl.report.report import runtime_text
 from medssl.stats.intervals import paired_seed_diffs
 
 EMPTY_RULE = ("Per case and class: a structure in only one of prediction and ground truth (missed or "
@@ -173,6 +174,8 @@ def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path
                      f"{sum(r.get('test_seconds', 0) for r in seg):.0f} s testing")
     if study:
         lines.append(f"- whole study: {study['seconds']:.0f} s")
+    if ran := runtime_text(rows):
+        lines.append(f"- {ran}")
     text = "\n".join(lines) + "\n"
     path = run_dir / "report.md"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -19,7 +19,7 @@ import torch
 from medssl.config import StudyConfig
 from medssl.data.loaders import TensorBatches, steps_per_epoch
 from medssl.engine import resolve_channels_last, seed_everything
-from medssl.engine.precision import autocast
+from medssl.engine.precision import autocast, precision_name
 from medssl.engine.trainer import make_optimizer
 from medssl.eval.finetune import Classifier
 from medssl.methods import create_method
@@ -112,7 +112,7 @@ def dry_run(cfg: StudyConfig) -> str:
     studies = grid_studies(cfg) if cfg.grid.datasets else [cfg]
     rows = [p for study in studies for p in plan(study)]
     device, precision = runtime(cfg)
-    lines = [f"Dry run on {device.type} ({str(precision).replace('torch.', '') if precision else 'fp32'}): "
+    lines = [f"Dry run on {device.type} ({precision_name(precision)}): "
              f"{len(rows)} cells; costs from measured step times, evaluation not included.", "",
              "| study | cell | steps | est. minutes |", "|---|---|---|---|"]
     lines += [f"| {p.study} | {p.what} | {p.steps} | {p.seconds / 60:.1f} |" for p in rows]

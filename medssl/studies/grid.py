@@ -12,6 +12,7 @@ Run directory (``<name>.incomplete`` until finished, then renamed to ``<name>``)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from medssl.config import StudyConfig
 from medssl.data.types import PretrainData
+from medssl.engine import precision_name
 from medssl.engine.checkpoint import load_weights
 from medssl.engine.dist import barrier, is_main, local_only, on_main, rank, world_size
 from medssl.errors import MedsslError
@@ -93,6 +95,18 @@ def check_grid(cfg: StudyConfig, task: Task) -> Any:
     return data
 
 
+Rows = list[dict[str, Any]]
+
+
+def stamped(cfg: StudyConfig, compute: Callable[[], Rows]) -> Callable[[], Rows]:
+    """``compute`` whose rows also say the device and precision they were computed with (per cell: a
+    study resumed on another machine mixes them, and the report lists what ran where)."""
+    def rows() -> Rows:
+        device, dtype = runtime(cfg)
+        return [{**row, "device": device.type, "precision": precision_name(dtype)} for row in compute()]
+    return rows
+
+
 def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool = False) -> Path:
     """Run the whole study for ``task``; return the finished run directory. ``resume`` continues a
     killed one: finished cells are kept, the killed cell is redone, a killed pretraining continues."""
@@ -113,8 +127,9 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
             continue  # under torchrun, cells are spread over the ranks, each trained by one process
         cell_dir = work / task.cell_dir(cell)
         with local_only():
-            rows = run_cell(cell_dir, partial(task.run_cell, cfg, data, split, cell,
-                                              pretrained if cell.init == "ssl" else None, cell_dir))
+            weights = pretrained if cell.init == "ssl" else None
+            compute = partial(task.run_cell, cfg, data, split, cell, weights, cell_dir)
+            rows = run_cell(cell_dir, stamped(cfg, compute))
         console.log(task.describe(cell, rows))
     barrier()
     if not is_main():
@@ -138,7 +153,7 @@ def _pretrained(cfg: StudyConfig, task: Task, data: Any, folds: dict[int, Any], 
     else:
         run_dir = work / "pretrain"
         pool = task.pretrain_pool(cfg, data, folds)
-        [stats] = run_cell(run_dir, lambda: [pretrain(cfg, pool, run_dir, resume)],
+        [stats] = run_cell(run_dir, stamped(cfg, lambda: [pretrain(cfg, pool, run_dir, resume)]),
                            clear=False)  # a killed pretraining continues from its checkpoint
         encoder_path, full_path = run_dir / "encoder.safetensors", run_dir / "checkpoint.safetensors"
     if is_main():

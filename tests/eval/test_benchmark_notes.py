@@ -44,6 +44,9 @@ def test_segmentation_curve_lines_give_each_check_its_step_and_mark_the_kept_one
     old = {**run, "seed": 0, "val_curve": None}  # a row from before val_curve: no line
     assert bench("segmentation").curve_lines([run, old]) == [
         "- 0.1 ssl fold 0 seed 1: 0.500 (6) 0.800* (12) 0.750 (24)"]
+    recorded = {**run, "steps": 30, "steps_per_epoch": 2}  # the row's own epoch length wins
+    assert bench("segmentation").curve_lines([recorded]) == [
+        "- 0.1 ssl fold 0 seed 1: 0.500 (4) 0.800* (8) 0.750 (16)"]
 
 
 @pytest.mark.parametrize("pool", ["all", "train"])

@@ -274,10 +274,11 @@ def test_train_segmentation_keeps_the_best_validation_epoch(monkeypatch, tmp_pat
     monkeypatch.setattr(segmentation, "fit", fake_fit)
     net = ThresholdNet()
     spec = SimpleNamespace(epochs=len(thresholds), batch_size=1)
-    train = (torch.from_numpy(image)[None, None], torch.from_numpy(target)[None])
+    train = (torch.from_numpy(image).expand(3, 1, 8, 8), torch.from_numpy(target).expand(3, 8, 8))
     out = segmentation.train_segmentation(net, train, ([image], [target]), spec, tmp_path, 0, 2, (8, 8),
                                           0.25, val_checks=len(thresholds))
     assert out["best_epoch"] == 1 and out["val_dice"] == 1.0
+    assert out["steps_per_epoch"] == 3  # 3 cases, batch 1: a check after epoch e is at step 3 (e + 1)
     assert [e for e, _ in out["val_curve"]] == [0, 1, 2, 3]
     assert [d for _, d in out["val_curve"]] == pytest.approx([dice_all, 1.0, 0.0, dice_all])
     assert net.t.item() == 0.5  # the best epoch's weights are loaded back, not the last epoch's

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from medssl.errors import MedsslError
-from medssl.report.report import runtime_text, summarise, write_report
+from medssl.report.report import summarise, write_report
+from medssl.report.runtime import runtime_text
 
 
 def rows():

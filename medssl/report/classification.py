@@ -25,7 +25,7 @@ from sklearn.metrics import confusion_matrix
 
 from medssl.report import figures
 from medssl.report.blocks import Block
-from medssl.report.report import runtime_text
+from medssl.report.runtime import runtime_text
 from medssl.stats.intervals import auc, bootstrap_ci, delong, mean_std, paired_bootstrap, paired_seed_diffs
 
 PROTOCOLS = ("finetune", "linear", "knn")

@@ -29,15 +29,6 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def runtime_text(rows: list[dict[str, Any]]) -> str:
-    """The device and precision the study trained in, from its rows ("" when no row records them)."""
-    ran = sorted({f"{r['device']} in {r['precision']}" for r in rows if "precision" in r})
-    if not ran:
-        return ""
-    mixed = " (a study resumed on another set-up: each row records its own)" if len(ran) > 1 else ""
-    return f"Trained on {' and '.join(ran)}{mixed}."
-
-
 def summarise(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, tuple[float, float, int]]]:
     """(protocol, init, fraction) -> metric -> (mean, std, n seeds)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)

@@ -12,7 +12,7 @@ import numpy as np
 
 from medssl.io import atomic_write
 from medssl.report.blocks import from_markdown, to_html
-from medssl.report.report import runtime_text
+from medssl.report.runtime import runtime_text
 from medssl.stats.intervals import paired_seed_diffs
 
 EMPTY_RULE = ("Per case and class: a structure in only one of prediction and ground truth (missed or "

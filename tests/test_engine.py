@@ -1,7 +1,6 @@
 import itertools
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, batch_indices
-from medssl.engine import TrainStep, compile_parts, fit, seed_everything, unwrap
+from medssl.engine import TrainStep, compile_parts, fit, seed_everything, trainer, unwrap
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
 from medssl.engine.trainer import PLAN_STEPS, _plan
@@ -225,15 +224,26 @@ def test_unwrap_names_a_module_without_training_step():
         unwrap(nn.Linear(2, 2))
 
 
-class Sleeper(nn.Module):
-    """Every step takes ``seconds`` (a sleep dominates), so a budget holds a known number of steps."""
+class Clock:
+    """The trainer's ``time.perf_counter``, advanced only by the model: wall time is exact, so a
+    budget holds a known number of steps however loaded the machine is."""
 
-    def __init__(self, seconds):
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class Ticker(nn.Module):
+    """Every step takes ``seconds`` on ``clock``."""
+
+    def __init__(self, clock, seconds):
         super().__init__()
-        self.w, self.seconds, self.totals = nn.Parameter(torch.ones(1)), seconds, []
+        self.w, self.clock, self.seconds, self.totals = nn.Parameter(torch.ones(1)), clock, seconds, []
 
     def training_step(self, batch):
-        time.sleep(self.seconds)
+        self.clock.now += self.seconds
         return {"loss": (self.w * batch["image"].float().mean()).square()}
 
     def after_step(self, step, total):
@@ -246,19 +256,42 @@ def test_plan_hand_values():
     assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=-3.0) == 11  # already out of time
 
 
-def test_max_seconds_plans_the_schedule_to_end_in_the_budget(tmp_path):
-    """A 2.5 s budget at ~0.05 s per step: the schedule is re-planned after the timed steps to end
-    near step 50 (200 planned by epochs); training ends at the planned step with the cosine's last
-    learning rate, and the momentum hook saw the planned total; the checkpoint keeps the plan."""
+def test_max_seconds_plans_the_schedule_to_end_in_the_budget(tmp_path, monkeypatch):
+    """A 2.55 s budget at 1/16 s per step (200 steps planned by epochs). Steps 2-11 are timed:
+    1/16 s each; at step 11 (11/16 s gone) 1.8625 s are left, 29 whole steps, so the plan ends at
+    step 40 (2.5 s), before the budget. Training ends there with the cosine's last learning rate,
+    the momentum hook saw the planned total, and the checkpoint keeps the plan."""
+    clock = Clock()
+    monkeypatch.setattr(trainer, "time", clock)
     spec = PretrainConfig(epochs=50, batch_size=4, lr=0.1, warmup_epochs=1)
-    model = Sleeper(0.05)
-    result = run(model, images(16), spec, tmp_path, max_seconds=2.5, log_every=1)
-    planned = model.totals[-1]
-    assert model.totals[0] == 200 and 25 <= planned <= 52 and result.steps == planned
+    model = Ticker(clock, 1 / 16)
+    result = run(model, images(16), spec, tmp_path, max_seconds=2.55, log_every=1)
+    assert model.totals[:PLAN_STEPS + 1] == [200] * (PLAN_STEPS + 1)
+    assert model.totals[PLAN_STEPS + 1:] == [40] * (40 - PLAN_STEPS - 1)
+    assert result.steps == 40 and clock.now == 2.5
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    lrs = cosine_schedule(0.1, planned, 4)
-    assert [r["lr"] for r in rows[PLAN_STEPS + 1:]] == pytest.approx(lrs[PLAN_STEPS + 1:planned])
-    assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["total"] == planned
+    lrs = cosine_schedule(0.1, 40, 4)
+    assert [r["lr"] for r in rows[PLAN_STEPS + 1:]] == pytest.approx(lrs[PLAN_STEPS + 1:40])
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["total"] == 40
+
+
+def test_max_seconds_stops_a_run_slower_than_its_plan(tmp_path, monkeypatch):
+    """Steps slow from 1/16 s to 1/8 s after the plan (40 steps): the budget still holds, and the run
+    stops at the step that spends it (step 11 at 11/16 s, then 1.8625 s / (1/8 s) -> step 26)."""
+    clock = Clock()
+    monkeypatch.setattr(trainer, "time", clock)
+    model = Ticker(clock, 1 / 16)
+    slow = model.after_step
+
+    def after_step(step, total):
+        slow(step, total)
+        if step + 1 == PLAN_STEPS + 1:
+            model.seconds = 1 / 8
+
+    model.after_step = after_step
+    spec = PretrainConfig(epochs=50, batch_size=4, lr=0.1, warmup_epochs=1)
+    result = run(model, images(16), spec, tmp_path, max_seconds=2.55, log_every=1)
+    assert model.totals[-1] == 40 and result.steps == 26 and clock.now >= 2.55
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

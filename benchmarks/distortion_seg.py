@@ -10,11 +10,16 @@ reused, so the benchmark can run in pieces::
     python benchmarks/distortion_seg.py --datasets isbi2012          # ~20 min on 2 cores
     python benchmarks/distortion_seg.py --datasets hippocampus_3d,hippocampus_2d
     python benchmarks/distortion_seg.py --datasets hippocampus_2d_instance   # after hippocampus_2d
+    python benchmarks/distortion_seg.py --datasets hippocampus_3d --pretrain-seed 1   # another pretraining
     python benchmarks/distortion_seg.py --rebuild    # .md and provenance notes from the .json only
 
 Writes ``benchmarks/results/distortion_seg.{json,md}``: Dice mean ± 95% CI (t over seeds) per
 dataset, fraction and init, the relative SSL-over-scratch gain (the paper reports ~+20% Dice on
-knee MRI at low label fractions) and wall times.
+knee MRI at low label fractions), the SSL − scratch difference with a 95% t-interval paired by
+fine-tuning seed (both arms fine-tune on the same labelled cases) and wall times. ``--pretrain-seed K``
+runs the SSL entries again with ``pretrain.seed=K`` (same splits and labelled subsets) into
+``<dataset>_<init>_pK``: each pretraining is its own row, so the rows of one pretext show
+pretraining-to-pretraining variation.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from scipy import stats
 
 from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
+from medssl.stats.intervals import paired_seed_diffs
 from medssl.studies import run_study
+from medssl.studies.pretraining import pretrain_seed as seed_of
 
 GENESIS = ["pretrain.method=genesis", "pretrain.method_args={}"]
 DENSE_2D = ["pretrain.method=distortion_dense", "segmentation.load_decoder=true"]
@@ -64,29 +71,44 @@ ENTRIES = {
     # fine-tuning (b): the whole detector, reusing hippocampus_2d's Mask R-CNN pretraining
     "hippocampus_2d_instance": ("configs/distortion/hippocampus_maskrcnn.yaml", {
         "scratch": [*INSTANCE, "finetune.inits=[scratch]"],
-        "distortion_maskrcnn": [*INSTANCE, "pretrain.checkpoint={runs}/hippocampus_2d_distortion_maskrcnn/"
+        "distortion_maskrcnn": [*INSTANCE, "pretrain.checkpoint={runs}/hippocampus_2d_distortion_maskrcnn{p}/"
                                 "pretrain/checkpoint.safetensors"],
     }),
 }
 
 
-def entry_config(dataset: str, init: str, out: Path, extra: list[str] = ()) -> StudyConfig:
-    """The resolved study config of one entry."""
+def entry_name(init: str, pretrain_seed: int | None = None) -> str:
+    """``init``, or ``<init>_p<K>`` for the entry pretrained with ``pretrain.seed=K``."""
+    return init if pretrain_seed is None else f"{init}_p{pretrain_seed}"
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """:func:`entry_name` backwards: ``genesis_p1`` -> ``("genesis", 1)``."""
+    init, _, seed = name.rpartition("_p")
+    return (init, int(seed)) if init and seed.isdigit() else (name, None)
+
+
+def entry_config(dataset: str, init: str, out: Path, extra: list[str] = (),
+                 pretrain_seed: int | None = None) -> StudyConfig:
+    """The resolved study config of one entry (``pretrain_seed``: another pretraining of it)."""
     config, variants = ENTRIES[dataset]
-    entry = [v.replace("{runs}", str(out)) for v in variants[init]]
-    sets = [f"name={dataset}_{init}", f"output_dir={out}", *entry, *extra]
+    suffix = entry_name("", pretrain_seed)  # "" or "_pK": the pretraining an instance entry reuses
+    entry = [v.replace("{runs}", str(out)).replace("{p}", suffix) for v in variants[init]]
+    sets = [f"name={dataset}_{entry_name(init, pretrain_seed)}", f"output_dir={out}", *entry, *extra]
     if init != "scratch":
         sets.append("finetune.inits=[ssl]")
+    if pretrain_seed is not None:
+        sets.append(f"pretrain.seed={pretrain_seed}")
     return load_config(config, sets)
 
 
-def run_entry(dataset: str, init: str, out: Path, extra: list[str]) -> Path:
+def run_entry(dataset: str, init: str, out: Path, extra: list[str], pretrain_seed: int | None = None) -> Path:
     """Run (or reuse) one study; returns its run directory."""
-    run = out / f"{dataset}_{init}"
+    run = out / f"{dataset}_{entry_name(init, pretrain_seed)}"
     if (run / "results.jsonl").exists():
         print(f"reusing {run}")
         return run
-    return run_study(entry_config(dataset, init, out, extra), overwrite=True)
+    return run_study(entry_config(dataset, init, out, extra, pretrain_seed), overwrite=True)
 
 
 def provenance(row: dict, out: Path, extra: list[str] = ()) -> dict:
@@ -95,8 +117,9 @@ def provenance(row: dict, out: Path, extra: list[str] = ()) -> dict:
     study seed, for all its fine-tuning seeds and fractions) and ``pretrain_reused`` (checkpoint)."""
     if row["init"] == "scratch":
         return {"pretrain_pool": None, "pretrain_seed": None, "pretrainings": 0, "pretrain_reused": None}
-    cfg = entry_config(row["dataset"], row["init"], out, extra)
-    return {"pretrain_pool": cfg.segmentation.pretrain_pool, "pretrain_seed": cfg.seed, "pretrainings": 1,
+    init, pretrain_seed = split_name(row["init"])
+    cfg = entry_config(row["dataset"], init, out, extra, pretrain_seed)
+    return {"pretrain_pool": cfg.segmentation.pretrain_pool, "pretrain_seed": seed_of(cfg), "pretrainings": 1,
             "pretrain_reused": cfg.pretrain.checkpoint}
 
 
@@ -124,6 +147,10 @@ def notes(table: list[dict], meta: dict) -> list[str]:
                  f"entry has {'one' if counts == [1] else '/'.join(map(str, counts))} pretraining (seed "
                  f"{'/'.join(map(str, sorted({r['pretrain_seed'] for r in ssl})))}), shared by all its "
                  "fine-tuning seeds and fractions, so pretraining-to-pretraining variation is not in them.")
+    if any(split_name(r["init"])[1] is not None for r in ssl):
+        lines.append("Rows `<init>_pK` are the same pretext pretrained again with `pretrain.seed=K` (same "
+                     "splits and labelled subsets): the spread between a pretext's rows is its "
+                     "pretraining-to-pretraining variation.")
     return lines + ([] if meta.get("dice_rule") else [OLD_DICE_RULE])
 
 
@@ -135,14 +162,24 @@ def ci95(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def entries(out: Path, dataset: str) -> list[str]:
+    """The finished entries of ``dataset`` under ``out`` in ENTRIES order, each init's other
+    pretrainings (``<init>_pK``, by K) after it."""
+    names = []
+    for init in ENTRIES[dataset][1]:
+        found = [split_name(p.parent.name.removeprefix(f"{dataset}_"))
+                 for p in out.glob(f"{dataset}_{init}*/results.jsonl")]
+        names += [entry_name(*e) for e in sorted(found, key=lambda e: -1 if e[1] is None else e[1])
+                  if e[0] == init]
+    return names
+
+
 def summarise(out: Path) -> list[dict]:
-    """One row per dataset x init x fraction from every finished entry under ``out``."""
+    """One row per dataset x entry x fraction from every finished entry under ``out``."""
     table = []
-    for dataset, (_, variants) in ENTRIES.items():
-        for init in variants:
+    for dataset in ENTRIES:
+        for init in entries(out, dataset):
             path = out / f"{dataset}_{init}" / "results.jsonl"
-            if not path.exists():
-                continue
             rows = read_results(path)
             seg = [r for r in rows if r["protocol"] == "segmentation"]
             pre = next((r for r in rows if r["protocol"] == "pretrain"), {})
@@ -154,7 +191,8 @@ def summarise(out: Path) -> list[dict]:
                        "n_groups": sorted({r.get("n_labelled_groups", 0) for r in runs}),
                        "pretrain_seconds": pre.get("seconds"), "pretrain_steps": pre.get("steps"),
                        "finetune_seconds": float(np.mean([r["seconds"] for r in runs])),
-                       "dice_values": [r["dice_mean"] for r in runs]}
+                       "dice_values": [r["dice_mean"] for r in runs],
+                       "dice_by_seed": {str(r["seed"]): r["dice_mean"] for r in runs}}
                 row["dice"] = ci95(row["dice_values"])
                 for c in classes:
                     row[f"dice_{c}"] = ci95([r[f"dice_{c}"] for r in runs])
@@ -163,31 +201,44 @@ def summarise(out: Path) -> list[dict]:
     return table
 
 
+def paired(row: dict, scratch: dict | None) -> str:
+    """``+0.012 [-0.010, +0.034]``: SSL − scratch Dice paired by fine-tuning seed; empty without
+    per-seed values (files written before ``dice_by_seed``) or a scratch row."""
+    if not scratch or "dice_by_seed" not in row or "dice_by_seed" not in scratch:
+        return ""
+    mean, (lo, hi), _ = paired_seed_diffs(row["dice_by_seed"], scratch["dice_by_seed"])
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def markdown(table: list[dict], meta: dict) -> str:
     lines = ["# Distortion-localisation pretraining for segmentation (Self-supervised Mask R-CNN and dense)",
              "", f"{meta['date']}, {meta['cpus']} CPU cores, torch {meta['torch']}. One held-out fold "
              "(fold 0 of 5, per volume/slice group), seeds 0-2 per fraction; every pretext had the same "
              "pretraining wall-clock budget; fine-tuning identical for every init. Dice: mean ± 95% CI "
-             "(t-interval over the 3 seeds). Gain: (SSL - scratch) / scratch Dice.", "",
+             "(t-interval over the 3 seeds). Gain: (SSL - scratch) / scratch Dice. SSL − scratch: mean "
+             "Dice difference and the 95% t-interval of the per-seed differences, paired by fine-tuning seed "
+             "(both arms fine-tune on the same labelled cases).", "",
              *[f"- {n}" for n in meta.get("notes", [])], ""]
     for dataset in dict.fromkeys(r["dataset"] for r in table):
         sub = [r for r in table if r["dataset"] == dataset]
         classes = sub[0]["classes"]
-        scratch = {r["fraction"]: r["dice"][0] for r in sub if r["init"] == "scratch"}
+        scratch = {r["fraction"]: r for r in sub if r["init"] == "scratch"}
         lines += [f"## {dataset}", "",
                   "| fraction | labelled (groups) | init | Dice | " + " | ".join(f"Dice {c}" for c in classes)
-                  + " | gain vs scratch | pretrain s (steps) | fine-tune s/run |",
-                  "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|"]
+                  + " | gain vs scratch | SSL − scratch [95% paired t] | pretrain s (steps) "
+                  "| fine-tune s/run |",
+                  "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
         for r in sorted(sub, key=lambda r: (r["fraction"], r["init"] != "scratch", r["init"])):
             fmt = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
-            base = scratch.get(r["fraction"])
-            gain = "" if r["init"] == "scratch" or not base else f"{100 * (r['dice'][0] - base) / base:+.1f}%"
+            ref = scratch.get(r["fraction"]) if r["init"] != "scratch" else None
+            base = ref["dice"][0] if ref else None
+            gain = f"{100 * (r['dice'][0] - base) / base:+.1f}%" if base else ""
             pre = ("" if r["pretrain_seconds"] is None
                    else f"{r['pretrain_seconds']:.0f} ({r['pretrain_steps']})")
             lines.append(f"| {r['fraction']:g} | {'/'.join(map(str, r['n_labelled']))} "
                          f"({'/'.join(map(str, r['n_groups']))}) | {r['init']} | {fmt(r['dice'])} | "
                          + " | ".join(fmt(r[f"dice_{c}"]) for c in classes)
-                         + f" | {gain} | {pre} | {r['finetune_seconds']:.0f} |")
+                         + f" | {gain} | {paired(r, ref)} | {pre} | {r['finetune_seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -199,6 +250,8 @@ def main() -> None:
     parser.add_argument("--out-runs", default="runs/bench_distortion")
     parser.add_argument("--out", default="benchmarks/results/distortion_seg.json")
     parser.add_argument("--set", action="append", default=[], help="extra config override for every entry")
+    parser.add_argument("--pretrain-seed", type=int, default=None,
+                        help="run the SSL entries again with pretrain.seed=K (into <dataset>_<init>_pK)")
     parser.add_argument("--rebuild", action="store_true",
                         help="no runs: add provenance and notes to --out and rewrite its .md")
     args = parser.parse_args()
@@ -210,11 +263,13 @@ def main() -> None:
     t0 = time.perf_counter()
     for dataset in args.datasets.split(","):
         for init in ENTRIES[dataset][1]:
-            if args.inits and init not in args.inits.split(","):
+            if (args.inits and init not in args.inits.split(",")) or (
+                    args.pretrain_seed is not None and init == "scratch"):  # scratch does not pretrain
                 continue
             t = time.perf_counter()
-            run_entry(dataset, init, runs, args.set)
-            print(f"{dataset} {init}: {time.perf_counter() - t:.0f} s", flush=True)
+            run_entry(dataset, init, runs, args.set, args.pretrain_seed)
+            print(f"{dataset} {entry_name(init, args.pretrain_seed)}: {time.perf_counter() - t:.0f} s",
+                  flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "torch": torch.__version__,
             "machine": platform.machine(), "this_invocation_seconds": time.perf_counter() - t0,
             "dice_rule": DICE_RULE}

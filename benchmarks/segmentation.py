@@ -148,7 +148,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides (repeatable)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue a killed run of the same config: finished cells are kept")
+                        help="continue a killed run of the same config (finished cells are kept), or "
+                             "add finetune.seeds or fractions to a finished one")
     parser.add_argument("--rebuild", action="store_true",
                         help="no study: rewrite <out>.md and the notes of <out>.json from <out>.json")
     args = parser.parse_args()
@@ -162,7 +163,7 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     cfg.segmentation.test_folds = [0] if args.folds == "fixed" else list(range(cfg.segmentation.folds))
     t0 = time.perf_counter()
-    run = run_study(cfg, overwrite=True, resume=args.resume)
+    run = run_study(cfg, overwrite=not args.resume, resume=args.resume)
     result = {**summarise(run), "wall_seconds": time.perf_counter() - t0, "resumed": args.resume,
               "run_dir": str(run),
               "dice_rule": DICE_RULE,

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, config_required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true",
-                   help="continue <name>.incomplete: keep finished cells, redo the killed one")
+                   help="continue <name>.incomplete: keep finished cells, redo the killed one; on a "
+                        "finished run, add the cells of new finetune.seeds or finetune.fractions")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells with their cost estimated from measured step times; run nothing")
 

@@ -151,6 +151,9 @@ class PretrainConfig:
     weight_decay: Annotated[float, AT_LEAST_0] = 1e-4
     warmup_epochs: Annotated[float, AT_LEAST_0] = 2.0
     method_args: dict[str, Any] = field(default_factory=dict)  # checked against the method's config
+    # pretraining seed (initial weights, batch order, augmentation); null: the study's seed. Another
+    # value re-pretrains with the same splits and labelled subsets: pretraining-seed variation
+    seed: Annotated[int | None, SEED] = None
     checkpoint: str | None = None  # an encoder .safetensors to evaluate instead of pretraining
     # cross-dataset pretraining: the unlabelled pool is this MedMNIST flag's training split (or every
     # image under this folder) instead of the study's own training images; resized to data.size
@@ -267,7 +270,9 @@ class GridConfig:
 class StudyConfig:
     name: Annotated[str, Check(plain_name=True)] = "study"  # run directory: <output_dir>/<name>
     output_dir: str = "runs"
-    seed: Annotated[int, SEED] = 0  # pretraining seed; fine-tuning seeds are in finetune.seeds
+    # study seed: the splits and folds, and pretraining unless pretrain.seed is set; fine-tuning
+    # seeds (and the labelled subsets they draw) are in finetune.seeds
+    seed: Annotated[int, SEED] = 0
     # "classification" (MedMNIST/CSV) or "segmentation" (see segmentation)
     task: Annotated[str, Check(choices=("classification", "segmentation"))] = "classification"
     data: DataConfig = field(default_factory=DataConfig)

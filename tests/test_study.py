@@ -2,12 +2,16 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from medssl.cli import main
+from medssl.config import load_config, save_config
+from medssl.errors import MedsslError
+from medssl.studies.rundir import start_run
 
 TINY = ["name=tiny", "model.width=0.125", "pretrain.epochs=1", "pretrain.batch_size=64",
         "finetune.epochs=1", "finetune.min_steps=0", "finetune.fractions=[0.1, 1.0]",
@@ -71,6 +75,12 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     rows_b = [json.loads(x) for x in (b / "results.jsonl").read_text().splitlines()]
     assert [_untimed(r) for r in rows_b] == [_untimed(r) for r in rows]
 
+    # A finished one-seed study given a second seed with --resume runs only the new cells and equals it
+    c = extended_study(tmp_path, monkeypatch)
+    rows_c = [json.loads(x) for x in (c / "results.jsonl").read_text().splitlines()]
+    assert [_untimed(r) for r in rows_c] == [_untimed(r) for r in rows]
+    assert "| 10% | fine-tuned | simclr | 55 | 2 |" in (c / "report.md").read_text()
+
 
 TIMED = {"seconds", "img_per_s", "test_seconds", "peak_mem_mb"}
 
@@ -84,7 +94,6 @@ class Killed(BaseException):
 
 
 def resumed_study(tmp_path, monkeypatch):
-    from medssl.config import load_config
     from medssl.engine import trainer
     from medssl.studies import classification, run_study
 
@@ -119,6 +128,62 @@ def resumed_study(tmp_path, monkeypatch):
     out = run_study(cfg, resume=True)
     assert calls == [("ssl", 0.1, 1), ("scratch", 0.1, 1)]  # the killed cell again, then the last one
     return out
+
+
+def extended_study(tmp_path, monkeypatch):
+    from medssl.studies import classification, run_study
+
+    run_study(load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *TINY_GRID, "name=c",
+                                                "finetune.seeds=[0]"]))
+    encoder = (tmp_path / "c" / "pretrain" / "encoder.safetensors").read_bytes()
+    cell, calls = classification.ClassificationTask.run_cell, []
+
+    def recorded(self, cfg, data, split, c, *args):
+        calls.append((c.init, c.fraction, c.seed))
+        return cell(self, cfg, data, split, c, *args)
+
+    monkeypatch.setattr(classification.ClassificationTask, "run_cell", recorded)
+    out = run_study(load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *TINY_GRID, "name=c"]),
+                    resume=True)
+    assert calls == [("ssl", 0.1, 1), ("scratch", 0.1, 1)]  # seed 0's cells and the pretraining kept
+    assert (out / "pretrain" / "encoder.safetensors").read_bytes() == encoder
+    assert not (tmp_path / "c.incomplete").exists()
+    return out
+
+
+def _finished(tmp_path, *sets):
+    """A finished run directory ``tmp_path/r`` holding only the config it was made by."""
+    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", "name=r", *sets])
+    (tmp_path / "r").mkdir()
+    save_config(cfg, tmp_path / "r" / "config.yaml")
+    (tmp_path / "r" / "results.jsonl").write_text("{}\n")
+
+
+@pytest.mark.parametrize(("before", "after", "message"), [
+    (["finetune.seeds=[0, 1]"], ["finetune.seeds=[0, 1]"], "is finished; nothing to resume"),
+    (["finetune.seeds=[0, 1]"], ["finetune.seeds=[1, 2]"], "can add to it, not drop from it"),
+    (["finetune.fractions=[0.1]"], ["finetune.fractions=[1.0]"], "finetune.fractions=[0.1]"),
+    (["finetune.seeds=[0]"], ["finetune.seeds=[0, 1]", "finetune.lr=0.5"], "finetune.lr=0.0005"),
+    (["finetune.seeds=[0]"], ["finetune.seeds=[0, 1]", "seed=3"], "has seed=0, this config 3"),
+])
+def test_resuming_a_finished_run_may_only_add_seeds_or_fractions(tmp_path, before, after, message):
+    _finished(tmp_path, *before)
+    with pytest.raises(MedsslError, match=re.escape(message)):
+        start_run(load_config("configs/demo.yaml", [f"output_dir={tmp_path}", "name=r", *after]), False, True)
+    assert (tmp_path / "r" / "results.jsonl").is_file() and not (tmp_path / "r.incomplete").exists()
+
+
+def test_resuming_a_finished_run_with_more_seeds_and_fractions_reopens_it(tmp_path):
+    _finished(tmp_path, "finetune.seeds=[0]", "finetune.fractions=[0.1]")
+    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", "name=r", "finetune.seeds=[0, 2]",
+                                            "finetune.fractions=[0.1, 1.0]"])
+    with pytest.raises(MedsslError, match="run directory exists"):  # without --resume: untouched
+        start_run(cfg, False, False)
+    work, final = start_run(cfg, False, True)
+    assert (work, final) == (tmp_path / "r.incomplete", tmp_path / "r") and not final.exists()
+    assert not (work / "results.jsonl").exists()  # rebuilt from the cells
+    saved = load_config(str(work / "config.yaml"), [])
+    assert (saved.finetune.seeds, saved.finetune.fractions) == ([0, 2], [0.1, 1.0])
 
 
 def assert_one_line_error(code, err, *needles):

@@ -43,6 +43,11 @@ def runtime(cfg: StudyConfig) -> tuple[torch.device, torch.dtype | None]:
     return device, resolve_precision(cfg.engine.precision, device)
 
 
+def pretrain_seed(cfg: StudyConfig) -> int:
+    """``pretrain.seed``, or the study's ``seed`` when it is null."""
+    return cfg.seed if cfg.pretrain.seed is None else cfg.pretrain.seed
+
+
 def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     """Pretrain the encoder on ``data.images``; save ``run_dir/encoder.safetensors``.
 
@@ -51,17 +56,19 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     after every N-th epoch. ``pretrain.select_on: val_knn`` keeps the epoch with the best validation
     kNN AUC (:class:`~medssl.eval.selection.ValKnnSelection`, on ``data.val``) as the encoder, and
     the last as ``encoder_last.safetensors``.
-    Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on), and
+    Returns the row fields: steps, seconds, img_per_s, last_loss, pool (images pretrained on),
+    pretrain_seed (:func:`pretrain_seed`), and
     with selection ``selected_epoch``, ``val_knn_auc`` (its score) and ``val_knn_auc_start``.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    seed = pretrain_seed(cfg)
+    seed_everything(seed)
     backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
     model = create_method(cfg.pretrain.method, backbone, data.spatial_dims, data.size,
                           cfg.pretrain.method_args)
     device, precision = runtime(cfg)
     channels_last = resolve_channels_last(cfg.engine.channels_last, precision) and data.spatial_dims == 2
-    batches = TensorBatches(data.images, None, cfg.pretrain.batch_size, cfg.seed, drop_last=True,
+    batches = TensorBatches(data.images, None, cfg.pretrain.batch_size, seed, drop_last=True,
                             device=device, channels_last=channels_last)
     config = {"backbone": cfg.model.backbone, "width": cfg.model.width, "spatial_dims": data.spatial_dims,
               "in_channels": data.in_channels, "size": data.size, "method": cfg.pretrain.method}
@@ -110,8 +117,9 @@ def pretrain(cfg: StudyConfig, data: PretrainData, run_dir: Path, resume: bool =
     barrier()
     sample = data.images[:1].to(device).float() / 255
     return {"steps": result.steps, "seconds": result.seconds, "img_per_s": result.images_per_second,
-            "last_loss": result.last_loss, "pool": len(data), "params": count_params(backbone),
-            "pretext_params": count_params(model), "flops_per_sample": flops_per_sample(backbone, sample),
+            "last_loss": result.last_loss, "pool": len(data), "pretrain_seed": seed,
+            "params": count_params(backbone), "pretext_params": count_params(model),
+            "flops_per_sample": flops_per_sample(backbone, sample),
             "peak_mem_mb": round(peak_memory_mb(device), 1), **chosen}
 
 

@@ -3,7 +3,9 @@
 A study is a grid of cells (pretraining, then one cell per fold x seed x fraction x init). Each
 finished cell leaves ``rows.json`` in its directory; ``--resume`` reuses those, redoes the cell that
 was killed, continues a killed pretraining from its checkpoint, and rebuilds ``results.jsonl`` in
-grid order, so a resumed study writes the same results as an uninterrupted one.
+grid order, so a resumed study writes the same results as an uninterrupted one. ``--resume`` of a
+finished run whose config adds fine-tuning seeds or label fractions (and changes nothing else)
+reopens it and runs only the new cells, against the same pretraining.
 """
 
 from __future__ import annotations
@@ -22,15 +24,24 @@ from medssl.errors import MedsslError
 from medssl.io import atomic_write
 from medssl.report.report import write_report
 
+GROWABLE = ("seeds", "fractions")  # finetune keys that --resume may add to in a finished run
+
 
 def start_run(cfg: StudyConfig, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
     """Create ``<output_dir>/<name>.incomplete`` holding ``config.yaml`` (or, with ``resume``, reopen
-    it if it is there and was made by the same config); return (work, final)."""
+    it if it is there and was made by the same config, or reopen the finished ``<name>`` when the
+    config only adds fine-tuning seeds or fractions to it); return (work, final)."""
     final = Path(cfg.output_dir) / cfg.name
+    work = final.with_name(final.name + ".incomplete")
+    if final.exists() and not overwrite and resume and not work.exists() \
+            and (final / "config.yaml").is_file() and _adds_cells(cfg, final / "config.yaml"):
+        final.rename(work)  # killed from here on, it resumes as any .incomplete run
+        save_config(cfg, work / "config.yaml")
+        (work / "results.jsonl").unlink(missing_ok=True)  # rebuilt from the finished cells
+        return work, final
     if final.exists() and not overwrite:
         what = "is finished; nothing to resume" if resume else "exists"
         raise MedsslError(f"{final}: run directory {what}; pass --overwrite or change 'name'")
-    work = final.with_name(final.name + ".incomplete")
     if resume and (work / "config.yaml").is_file():
         _check_same_config(to_dict(cfg), yaml.safe_load((work / "config.yaml").read_text()),
                            work / "config.yaml")
@@ -40,6 +51,23 @@ def start_run(cfg: StudyConfig, overwrite: bool, resume: bool = False) -> tuple[
     work.mkdir(parents=True)
     save_config(cfg, work / "config.yaml")
     return work, final
+
+
+def _adds_cells(cfg: StudyConfig, path: Path) -> bool:
+    """True when ``cfg`` adds fine-tuning seeds or fractions to the finished run's config at
+    ``path`` and differs in nothing else; a one-line error when it removes some or changes any
+    other key; False when it is the same config."""
+    new, old = to_dict(cfg), yaml.safe_load(path.read_text())
+    grows = False
+    for key in GROWABLE:
+        was, now = old["finetune"][key], new["finetune"][key]
+        if not set(was) <= set(now):
+            raise MedsslError(f"{path}: the finished run has finetune.{key}={was!r}; --resume can add to "
+                              f"it, not drop from it ({now!r}); pass --overwrite or change 'name'")
+        grows |= set(now) > set(was)
+        new["finetune"][key] = old["finetune"][key] = None
+    _check_same_config(new, old, path)
+    return grows
 
 
 def _check_same_config(new: Any, old: Any, path: Path, key: str = "") -> None:

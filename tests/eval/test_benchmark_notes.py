@@ -4,6 +4,7 @@ and what their intervals cover; methods_knn's unpaired column uses only the seed
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,46 @@ def test_methods_knn_kept_epoch_column_with_selection(tmp_path):
     assert "leave-one-out kNN AUC among the validation images" in md
     assert _table_row(md, "simclr")[3:5] == ["40.0", "5.0"]  # epochs trained, mean kept epoch
     assert _table_row(md, "random-init")[4] == ""
+
+
+def _seg_entry(run, dice: dict[int, float], fraction: float = 0.1, pretrained: bool = True) -> None:
+    """A finished distortion_seg entry: a pretrain row (SSL only) and one segmentation row per seed."""
+    run.mkdir(parents=True)
+    rows = [{"protocol": "pretrain", "seconds": 1800.0, "steps": 300}] if pretrained else []
+    rows += [{"protocol": "segmentation", "fraction": fraction, "seed": s, "dice_mean": d, "dice_a": d,
+              "classes": ["a"], "n_labelled": 17, "n_labelled_groups": 17, "seconds": 280.0}
+             for s, d in dice.items()]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_distortion_pretraining_seeds_are_their_own_rows_with_a_paired_column(tmp_path):
+    """Entries <init>_pK (pretrain.seed=K) follow their init; SSL − scratch is paired by seed and
+    its interval is the t-interval of the three differences, worked out here by hand."""
+    module = bench("distortion_seg")
+    scratch, genesis, again = {0: .70, 1: .60, 2: .65}, {0: .74, 1: .66, 2: .69}, {0: .68, 1: .62, 2: .66}
+    _seg_entry(tmp_path / "hippocampus_3d_scratch", scratch, pretrained=False)
+    _seg_entry(tmp_path / "hippocampus_3d_genesis", genesis)
+    _seg_entry(tmp_path / "hippocampus_3d_genesis_p1", again)
+    _seg_entry(tmp_path / "hippocampus_3d_genesis_p2.incomplete", again)  # unfinished: left out
+    assert module.entries(tmp_path, "hippocampus_3d") == ["scratch", "genesis", "genesis_p1"]
+    assert module.split_name("genesis_p1") == ("genesis", 1)
+    assert module.split_name("scratch") == ("scratch", None)
+    cfg = module.entry_config("hippocampus_3d", "genesis", tmp_path, [], 1)
+    assert (cfg.name, cfg.pretrain.seed, cfg.seed) == ("hippocampus_3d_genesis_p1", 1, 0)  # same splits
+    reuse = module.entry_config("hippocampus_2d_instance", "distortion_maskrcnn", tmp_path, [], 1)
+    reused = tmp_path / "hippocampus_2d_distortion_maskrcnn_p1" / "pretrain" / "checkpoint.safetensors"
+    assert reuse.pretrain.checkpoint == str(reused)
+
+    module.write(tmp_path / "d.json", {"date": "2026-12-01", "cpus": 2, "torch": "x", "dice_rule": "x"},
+                 module.summarise(tmp_path), tmp_path, [])
+    saved = json.loads((tmp_path / "d.json").read_text())["rows"]
+    assert [(r["init"], r["pretrain_seed"]) for r in saved] == [("scratch", None), ("genesis", 0),
+                                                                ("genesis_p1", 1)]
+    md = (tmp_path / "d.md").read_text()
+    assert "`<init>_pK`" in md
+    for name, arm in (("genesis", genesis), ("genesis_p1", again)):
+        diffs = np.array([arm[s] - scratch[s] for s in (0, 1, 2)])  # +.04 +.06 +.04 / -.02 +.02 +.01
+        half = 4.302653 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+        cells = _table_row(md, f"0.1 | 17 (17) | {name}")
+        assert cells[6] == f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]"
+    assert _table_row(md, "0.1 | 17 (17) | scratch")[6] == ""

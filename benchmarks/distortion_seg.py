@@ -88,6 +88,12 @@ def split_name(name: str) -> tuple[str, int | None]:
     return (init, int(seed)) if init and seed.isdigit() else (name, None)
 
 
+def entry_order(name: str) -> tuple[str, int]:
+    """Sort key: by init, then its own pretraining before ``_p1``, ``_p2``, ..., ``_p10``."""
+    init, pretrain_seed = split_name(name)
+    return init, -1 if pretrain_seed is None else pretrain_seed
+
+
 def entry_config(dataset: str, init: str, out: Path, extra: list[str] = (),
                  pretrain_seed: int | None = None) -> StudyConfig:
     """The resolved study config of one entry (``pretrain_seed``: another pretraining of it)."""
@@ -114,7 +120,7 @@ def run_entry(dataset: str, init: str, out: Path, extra: list[str], pretrain_see
 def provenance(row: dict, out: Path, extra: list[str] = ()) -> dict:
     """Pretraining facts of a summary row, from its entry's config: ``pretrain_pool`` (None for
     scratch), ``pretrain_seed``, ``pretrainings`` (a segmentation study pretrains once, with the
-    study seed, for all its fine-tuning seeds and fractions) and ``pretrain_reused`` (checkpoint)."""
+    pretraining seed, for all its fine-tuning seeds and fractions) and ``pretrain_reused`` (checkpoint)."""
     if row["init"] == "scratch":
         return {"pretrain_pool": None, "pretrain_seed": None, "pretrainings": 0, "pretrain_reused": None}
     init, pretrain_seed = split_name(row["init"])
@@ -169,8 +175,7 @@ def entries(out: Path, dataset: str) -> list[str]:
     for init in ENTRIES[dataset][1]:
         found = [split_name(p.parent.name.removeprefix(f"{dataset}_"))
                  for p in out.glob(f"{dataset}_{init}*/results.jsonl")]
-        names += [entry_name(*e) for e in sorted(found, key=lambda e: -1 if e[1] is None else e[1])
-                  if e[0] == init]
+        names += sorted((entry_name(*e) for e in found if e[0] == init), key=entry_order)
     return names
 
 
@@ -202,12 +207,14 @@ def summarise(out: Path) -> list[dict]:
 
 
 def paired(row: dict, scratch: dict | None) -> str:
-    """``+0.012 [-0.010, +0.034]``: SSL − scratch Dice paired by fine-tuning seed; empty without
-    per-seed values (files written before ``dice_by_seed``) or a scratch row."""
-    if not scratch or "dice_by_seed" not in row or "dice_by_seed" not in scratch:
+    """``+0.012 [-0.010, +0.034] (3)``: SSL − scratch Dice over the fine-tuning seeds both rows have
+    (paired); empty with fewer than two (or no per-seed values: files before ``dice_by_seed``)."""
+    ssl, ref = row.get("dice_by_seed", {}), (scratch or {}).get("dice_by_seed", {})
+    shared = sorted(set(ssl) & set(ref))
+    if len(shared) < 2:
         return ""
-    mean, (lo, hi), _ = paired_seed_diffs(row["dice_by_seed"], scratch["dice_by_seed"])
-    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    mean, (lo, hi), n = paired_seed_diffs({k: ssl[k] for k in shared}, {k: ref[k] for k in shared})
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ({n})"
 
 
 def markdown(table: list[dict], meta: dict) -> str:
@@ -225,10 +232,10 @@ def markdown(table: list[dict], meta: dict) -> str:
         scratch = {r["fraction"]: r for r in sub if r["init"] == "scratch"}
         lines += [f"## {dataset}", "",
                   "| fraction | labelled (groups) | init | Dice | " + " | ".join(f"Dice {c}" for c in classes)
-                  + " | gain vs scratch | SSL − scratch [95% paired t] | pretrain s (steps) "
+                  + " | gain vs scratch | SSL − scratch [95% paired t] (pairs) | pretrain s (steps) "
                   "| fine-tune s/run |",
                   "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|"]
-        for r in sorted(sub, key=lambda r: (r["fraction"], r["init"] != "scratch", r["init"])):
+        for r in sorted(sub, key=lambda r: (r["fraction"], r["init"] != "scratch", *entry_order(r["init"]))):
             fmt = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
             ref = scratch.get(r["fraction"]) if r["init"] != "scratch" else None
             base = ref["dice"][0] if ref else None
@@ -260,11 +267,19 @@ def main() -> None:
         saved = json.loads(out.read_text())
         write(out, saved["meta"], saved["rows"], runs, args.set)
         return
+    if args.pretrain_seed is not None:  # another pretraining, never the one every entry already has
+        for dataset in args.datasets.split(","):
+            base = seed_of(entry_config(dataset, "scratch", runs, args.set))
+            if args.pretrain_seed == base:
+                parser.error(f"--pretrain-seed {base} is {dataset}'s own pretraining seed (its entries "
+                             "without _pK); choose another")
     t0 = time.perf_counter()
     for dataset in args.datasets.split(","):
         for init in ENTRIES[dataset][1]:
-            if (args.inits and init not in args.inits.split(",")) or (
-                    args.pretrain_seed is not None and init == "scratch"):  # scratch does not pretrain
+            if args.inits and init not in args.inits.split(","):
+                continue
+            if args.pretrain_seed is not None and init == "scratch":
+                print(f"{dataset} scratch: does not pretrain, nothing to run for --pretrain-seed")
                 continue
             t = time.perf_counter()
             run_entry(dataset, init, runs, args.set, args.pretrain_seed)

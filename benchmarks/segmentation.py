@@ -72,7 +72,9 @@ def notes(result: dict) -> list[str]:
     runs = len(ft["seeds"]) * len(folds)
     spread = ("each cell is a single fine-tuning run (no interval; run-to-run noise not measured)."
               if runs == 1 else f"± is the sample std over {runs} fine-tuning runs (seeds × folds) only.")
-    lines = [pool, f"One pretraining (seed {cfg['seed']}) serves every SSL row; {spread} "
+    seed = cfg["pretrain"].get("seed")  # older files have no pretrain.seed: the study seed
+    seed = cfg["seed"] if seed is None else seed
+    lines = [pool, f"One pretraining (seed {seed}) serves every SSL row; {spread} "
              "Pretraining-to-pretraining variation is not in any number here."]
     return lines + ([] if result.get("dice_rule") else [OLD_DICE_RULE])
 

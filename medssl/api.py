@@ -66,7 +66,8 @@ def run_study(config: str | Path | dict[str, Any] | StudyConfig, *, overrides: S
         config: a study YAML, a nested dict with the YAML's keys, or a StudyConfig.
         overrides: ``"key=value"`` strings, e.g. ``["pretrain.epochs=5"]``.
         overwrite: replace an existing run directory.
-        resume: continue ``<name>.incomplete`` (finished cells are kept).
+        resume: continue ``<name>.incomplete`` (finished cells are kept), or add the cells of new
+            ``finetune.seeds`` / ``finetune.fractions`` to a finished run.
 
     Returns:
         The finished run directory (``results.jsonl``, ``report.md``, ``pretrain/encoder.safetensors``).

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import yaml
 
 from medssl.errors import MedsslError
+from medssl.io import atomic_write
 
 
 @dataclass(frozen=True)
@@ -441,4 +442,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML, atomically (a resume compares against it)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))

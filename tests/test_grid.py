@@ -145,3 +145,37 @@ def test_a_multi_label_study_fine_tunes_with_bce_and_reports_per_label_auc(tmp_p
     ssl = next(r for r in rows if r["init"] == "ssl")
     assert ssl["auc/atelectasis"] == pytest.approx(roc_auc_score(y[:, 0], p[:, 0]))
     assert "multi-label task" in (run / "report.md").read_text()
+
+
+def test_a_resumed_grid_gives_its_finished_studies_new_seeds_and_refuses_other_changes(tmp_path, data,
+                                                                                     monkeypatch):
+    """--resume of a grid whose finished studies were made with one seed: with two, every study is
+    reopened (``run_grid`` with resume, no overwrite); with the same config none is; with another
+    learning rate it is a one-line error naming the key."""
+    from medssl.config import load_config, save_config
+    from medssl.errors import MedsslError
+    from medssl.studies import sweep
+
+    def config(*sets):
+        grid = ["name=g", "grid.datasets=[breastmnist]", "grid.methods=[simclr, denoising]"]
+        return load_config("configs/demo.yaml", [*TINY, f"output_dir={tmp_path / 'runs'}", *grid, *sets])
+
+    for study in sweep.grid_studies(config()):
+        final = tmp_path / "runs" / "g" / study.name
+        final.mkdir(parents=True)
+        save_config(study, final / "config.yaml")
+        (final / "results.jsonl").write_text(json.dumps({"protocol": "study"}) + "\n")
+    calls = []
+
+    def run_grid(study, task, overwrite=False, resume=False):
+        calls.append((study.name, study.finetune.seeds, overwrite, resume))
+        return tmp_path / "runs" / "g" / study.name
+
+    monkeypatch.setattr(sweep, "run_grid", run_grid)
+    monkeypatch.setattr(sweep, "write_report", lambda root: None)
+    sweep.run_grid_config(config(), resume=True)
+    assert calls == []  # the same config: finished studies kept
+    sweep.run_grid_config(config("finetune.seeds=[0, 1]"), resume=True)
+    assert calls == [(name, [0, 1], False, True) for name in ("breastmnist_simclr", "breastmnist_denoising")]
+    with pytest.raises(MedsslError, match=r"has finetune\.lr=0\.0005, this config 0\.1"):
+        sweep.run_grid_config(config("finetune.seeds=[0, 1]", "finetune.lr=0.1"), resume=True)

@@ -212,6 +212,10 @@ def test_segmentation_report_means_and_deltas(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "| 1 | ssl | 2 | 0.700 ± 0.141 | 0.700 ± 0.141 | 0.350 ± 0.071 | 3.00 ± 0.00 | 10 |" in report
     assert "mean Dice, SSL − scratch = +0.200" in report
+    for resumed, line in ((False, "- whole study: 50 s"), (True, "- last resumed part of the study: 50 s")):
+        study = {"protocol": "study", "seconds": 50.0, "resumed": resumed}
+        (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in [*rows, study]) + "\n")
+        assert line in write_report(tmp_path).read_text()
 
 
 def test_pretraining_pool_tiles_2d_pads_3d_and_can_leave_out_test_cases():

@@ -79,10 +79,11 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     c = extended_study(tmp_path, monkeypatch)
     rows_c = [json.loads(x) for x in (c / "results.jsonl").read_text().splitlines()]
     assert [_untimed(r) for r in rows_c] == [_untimed(r) for r in rows]
+    assert [r["resumed"] for r in rows_c if r["protocol"] == "study"] == [True]
     assert "| 10% | fine-tuned | simclr | 55 | 2 |" in (c / "report.md").read_text()
 
 
-TIMED = {"seconds", "img_per_s", "test_seconds", "peak_mem_mb"}
+TIMED = {"seconds", "img_per_s", "test_seconds", "peak_mem_mb", "resumed"}  # differ between invocations
 
 
 def _untimed(row: dict) -> dict:
@@ -184,6 +185,28 @@ def test_resuming_a_finished_run_with_more_seeds_and_fractions_reopens_it(tmp_pa
     assert not (work / "results.jsonl").exists()  # rebuilt from the cells
     saved = load_config(str(work / "config.yaml"), [])
     assert (saved.finetune.seeds, saved.finetune.fractions) == ([0, 2], [0.1, 1.0])
+
+
+def test_resume_prefers_the_incomplete_run_and_lets_it_add_cells_too(tmp_path):
+    """A killed rerun (``--overwrite``) or a killed addition of cells leaves ``r.incomplete`` beside a
+    finished ``r``: --resume continues the incomplete one, also with more seeds than it was made by."""
+    _finished(tmp_path, "finetune.seeds=[0]")
+    (tmp_path / "r").rename(tmp_path / "r.incomplete")
+    _finished(tmp_path, "finetune.seeds=[0]")
+    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", "name=r", "finetune.seeds=[0, 1]"])
+    work, final = start_run(cfg, False, True)
+    assert work == tmp_path / "r.incomplete" and final.is_dir()  # replaced when the run finishes
+    assert load_config(str(work / "config.yaml"), []).finetune.seeds == [0, 1]
+    assert not (work / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "finetune: {seeds: [0]}", "{a: ["])
+def test_resuming_a_run_with_an_unreadable_config_is_a_one_line_error(tmp_path, text):
+    _finished(tmp_path)
+    (tmp_path / "r" / "config.yaml").write_text(text)
+    cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", "name=r"])
+    with pytest.raises(MedsslError, match=re.escape("config.yaml: not a readable run config")):
+        start_run(cfg, False, True)
 
 
 def assert_one_line_error(code, err, *needles):

@@ -173,7 +173,8 @@ def write_segmentation_report(run_dir: Path, rows: list[dict[str, Any]]) -> Path
         lines.append(f"- fine-tuning: {len(seg)} runs, {sum(r['seconds'] for r in seg):.0f} s training, "
                      f"{sum(r.get('test_seconds', 0) for r in seg):.0f} s testing")
     if study:
-        lines.append(f"- whole study: {study['seconds']:.0f} s")
+        lines.append(f"- last resumed part of the study: {study['seconds']:.0f} s (earlier parts not counted)"
+                     if study.get("resumed") else f"- whole study: {study['seconds']:.0f} s")
     if ran := runtime_text(rows):
         lines.append(f"- {ran}")
     text = "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from medssl.engine import seed_everything
 from medssl.engine.checkpoint import load_weights
 from medssl.eval.probes import extract_features
 from medssl.io import atomic_write
-from medssl.studies.pretraining import build_backbone, runtime
+from medssl.studies.pretraining import build_backbone, pretrain_seed, runtime
 
 MAX_POINTS = 2000
 
@@ -42,7 +42,7 @@ def write_embedding(study_dir: Path) -> Path | None:
     images, labels = data.test.images[pick], data.test.labels.numpy()[pick]
     arrays = {"labels": labels, "names": np.array(data.class_names)}
     for name, weights in ((cfg.pretrain.method, load_weights(encoder)), ("random-init", None)):
-        seed_everything(cfg.seed)
+        seed_everything(pretrain_seed(cfg))  # random-init: the pretrained encoder's starting point
         backbone = build_backbone(cfg.model, data.spatial_dims, data.in_channels, data.size)
         if weights is not None:
             backbone.load_state_dict(weights)

@@ -23,7 +23,7 @@ from medssl.engine.precision import autocast, precision_name
 from medssl.engine.trainer import make_optimizer
 from medssl.eval.finetune import Classifier
 from medssl.methods import create_method
-from medssl.studies.pretraining import build_backbone, runtime
+from medssl.studies.pretraining import build_backbone, pretrain_seed, runtime
 
 
 @dataclass
@@ -80,7 +80,7 @@ def plan(cfg: StudyConfig) -> list[Planned]:
     pool = data.pretrain_data()
     out: list[Planned] = []
     if "ssl" in cfg.finetune.inits and not cfg.pretrain.checkpoint:
-        seed_everything(cfg.seed)
+        seed_everything(pretrain_seed(cfg))
         backbone = build_backbone(cfg.model, pool.spatial_dims, pool.in_channels, pool.size)
         model = create_method(cfg.pretrain.method, backbone, pool.spatial_dims, pool.size,
                               cfg.pretrain.method_args)

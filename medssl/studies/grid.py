@@ -138,7 +138,8 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
     for cell, _ in cells:  # every cell has its rows.json now (output_dir is shared by all ranks)
         for row in finished_rows(work / task.cell_dir(cell)):
             append_row(results, {**info, **row})
-    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0})
+    # seconds of this invocation; a resumed study's earlier parts are not in it
+    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0, "resumed": resume})
     final = finish_run(work, final)
     barrier()
     return final

@@ -24,46 +24,53 @@ from medssl.errors import MedsslError
 from medssl.io import atomic_write
 from medssl.report.report import write_report
 
-GROWABLE = ("seeds", "fractions")  # finetune keys that --resume may add to in a finished run
+GROWABLE = ("seeds", "fractions")  # finetune keys that --resume may add to
 
 
 def start_run(cfg: StudyConfig, overwrite: bool, resume: bool = False) -> tuple[Path, Path]:
-    """Create ``<output_dir>/<name>.incomplete`` holding ``config.yaml`` (or, with ``resume``, reopen
-    it if it is there and was made by the same config, or reopen the finished ``<name>`` when the
-    config only adds fine-tuning seeds or fractions to it); return (work, final)."""
+    """Create ``<output_dir>/<name>.incomplete`` holding ``config.yaml``; return (work, final).
+
+    With ``resume``, reopen ``<name>.incomplete`` if it is there, or else the finished ``<name>``,
+    when ``cfg`` is the config that made it or only adds fine-tuning seeds or fractions to it.
+    """
     final = Path(cfg.output_dir) / cfg.name
     work = final.with_name(final.name + ".incomplete")
-    if final.exists() and not overwrite and resume and not work.exists() \
-            and (final / "config.yaml").is_file() and _adds_cells(cfg, final / "config.yaml"):
-        final.rename(work)  # killed from here on, it resumes as any .incomplete run
-        save_config(cfg, work / "config.yaml")
+    if resume and (work / "config.yaml").is_file():  # a killed run (or a killed addition of cells)
+        if adds_cells(cfg, work / "config.yaml"):
+            save_config(cfg, work / "config.yaml")
         (work / "results.jsonl").unlink(missing_ok=True)  # rebuilt from the finished cells
         return work, final
     if final.exists() and not overwrite:
+        if resume and (final / "config.yaml").is_file() and adds_cells(cfg, final / "config.yaml"):
+            final.rename(work)  # killed from here on, it resumes as any .incomplete run
+            save_config(cfg, work / "config.yaml")
+            (work / "results.jsonl").unlink(missing_ok=True)
+            return work, final
         what = "is finished; nothing to resume" if resume else "exists"
         raise MedsslError(f"{final}: run directory {what}; pass --overwrite or change 'name'")
-    if resume and (work / "config.yaml").is_file():
-        _check_same_config(to_dict(cfg), yaml.safe_load((work / "config.yaml").read_text()),
-                           work / "config.yaml")
-        (work / "results.jsonl").unlink(missing_ok=True)  # rebuilt from the finished cells
-        return work, final
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     save_config(cfg, work / "config.yaml")
     return work, final
 
 
-def _adds_cells(cfg: StudyConfig, path: Path) -> bool:
-    """True when ``cfg`` adds fine-tuning seeds or fractions to the finished run's config at
-    ``path`` and differs in nothing else; a one-line error when it removes some or changes any
-    other key; False when it is the same config."""
-    new, old = to_dict(cfg), yaml.safe_load(path.read_text())
+def adds_cells(cfg: StudyConfig, path: Path) -> bool:
+    """True when ``cfg`` adds fine-tuning seeds or fractions to the run's config at ``path`` and
+    differs in nothing else, False when it is the same config; a one-line error when it drops some
+    or changes any other key."""
+    new = to_dict(cfg)
+    try:
+        old = yaml.safe_load(path.read_text())
+        olds = {key: old["finetune"][key] for key in GROWABLE}
+    except (yaml.YAMLError, TypeError, KeyError) as err:
+        raise MedsslError(f"{path}: not a readable run config ({type(err).__name__}); "
+                          "pass --overwrite or change 'name'") from None
     grows = False
-    for key in GROWABLE:
-        was, now = old["finetune"][key], new["finetune"][key]
-        if not set(was) <= set(now):
-            raise MedsslError(f"{path}: the finished run has finetune.{key}={was!r}; --resume can add to "
-                              f"it, not drop from it ({now!r}); pass --overwrite or change 'name'")
+    for key, was in olds.items():
+        now = new["finetune"][key]
+        if not isinstance(was, list) or not set(was) <= set(now):
+            raise MedsslError(f"{path}: the run has finetune.{key}={was!r}; --resume can add to it, not "
+                              f"drop from it ({now!r}); pass --overwrite or change 'name'")
         grows |= set(now) > set(was)
         new["finetune"][key] = old["finetune"][key] = None
     _check_same_config(new, old, path)

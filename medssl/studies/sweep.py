@@ -16,6 +16,7 @@ from medssl.errors import MedsslError
 from medssl.io import atomic_write
 from medssl.report.report import write_report
 from medssl.studies.grid import run_grid
+from medssl.studies.rundir import adds_cells
 from medssl.studies.tasks import check_study, task_for
 
 
@@ -64,7 +65,10 @@ def run_grid_config(cfg: StudyConfig, overwrite: bool = False, resume: bool = Fa
     lines = []
     for study in studies:
         final = root / study.name
-        if not (resume and (final / "results.jsonl").is_file()):
+        if resume and (final / "results.jsonl").is_file():  # finished: kept, or given the new cells
+            if adds_cells(study, final / "config.yaml"):
+                final = run_grid(study, task_for(study), resume=True)
+        else:
             final = run_grid(study, task_for(study), overwrite=True, resume=resume)
         lines += [line for line in (final / "results.jsonl").read_text().splitlines() if line.strip()]
     atomic_write(root / "results.jsonl", lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in lines)))

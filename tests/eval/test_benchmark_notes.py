@@ -37,6 +37,9 @@ def test_segmentation_notes_follow_the_pretraining_pool_and_run_count():
     assert "saw" not in kept[0] and "left out of pretraining" in kept[0]
     assert "sample std over 4 fine-tuning runs" in kept[1]
     assert "before 6a66d92" in notes({**_result("all", [0], [0]), "dice_rule": None})[-1]
+    other = _result("all", [0], [0])
+    other["config"]["pretrain"]["seed"] = 5  # pretrain.seed, not the study seed, names the pretraining
+    assert "One pretraining (seed 5)" in notes(other)[1]
 
 
 def test_segmentation_curve_lines_give_each_check_its_step_and_mark_the_kept_one():
@@ -142,9 +145,10 @@ def test_distortion_pretraining_seeds_are_their_own_rows_with_a_paired_column(tm
     scratch, genesis, again = {0: .70, 1: .60, 2: .65}, {0: .74, 1: .66, 2: .69}, {0: .68, 1: .62, 2: .66}
     _seg_entry(tmp_path / "hippocampus_3d_scratch", scratch, pretrained=False)
     _seg_entry(tmp_path / "hippocampus_3d_genesis", genesis)
+    _seg_entry(tmp_path / "hippocampus_3d_genesis_p10", {**again, 3: .9})  # a seed scratch lacks: unpaired
     _seg_entry(tmp_path / "hippocampus_3d_genesis_p1", again)
     _seg_entry(tmp_path / "hippocampus_3d_genesis_p2.incomplete", again)  # unfinished: left out
-    assert module.entries(tmp_path, "hippocampus_3d") == ["scratch", "genesis", "genesis_p1"]
+    assert module.entries(tmp_path, "hippocampus_3d") == ["scratch", "genesis", "genesis_p1", "genesis_p10"]
     assert module.split_name("genesis_p1") == ("genesis", 1)
     assert module.split_name("scratch") == ("scratch", None)
     cfg = module.entry_config("hippocampus_3d", "genesis", tmp_path, [], 1)
@@ -157,12 +161,26 @@ def test_distortion_pretraining_seeds_are_their_own_rows_with_a_paired_column(tm
                  module.summarise(tmp_path), tmp_path, [])
     saved = json.loads((tmp_path / "d.json").read_text())["rows"]
     assert [(r["init"], r["pretrain_seed"]) for r in saved] == [("scratch", None), ("genesis", 0),
-                                                                ("genesis_p1", 1)]
+                                                                ("genesis_p1", 1), ("genesis_p10", 10)]
     md = (tmp_path / "d.md").read_text()
     assert "`<init>_pK`" in md
-    for name, arm in (("genesis", genesis), ("genesis_p1", again)):
+    for name, arm in (("genesis", genesis), ("genesis_p1", again), ("genesis_p10", again)):
         diffs = np.array([arm[s] - scratch[s] for s in (0, 1, 2)])  # +.04 +.06 +.04 / -.02 +.02 +.01
         half = 4.302653 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
         cells = _table_row(md, f"0.1 | 17 (17) | {name}")
-        assert cells[6] == f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]"
+        assert cells[6] == f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}] (3)"
     assert _table_row(md, "0.1 | 17 (17) | scratch")[6] == ""
+    assert module.paired({"dice_by_seed": {"0": .7, "1": .6}}, {"dice_by_seed": {"0": .6, "2": .5}}) == ""
+    order = [line.split(" | ")[2] for line in md.splitlines() if line.startswith("| 0.1 |")]
+    assert order == ["scratch", "genesis", "genesis_p1", "genesis_p10"]
+
+
+def test_distortion_refuses_a_pretrain_seed_that_is_the_entries_own(monkeypatch, capsys, tmp_path):
+    module = bench("distortion_seg")
+    args = ["--datasets", "hippocampus_3d", "--pretrain-seed", "0", "--inits", "none",  # would run nothing
+            "--out-runs", str(tmp_path / "runs"), "--out", str(tmp_path / "d.json")]
+    monkeypatch.setattr("sys.argv", ["distortion_seg.py", *args])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and "--pretrain-seed 0 is hippocampus_3d's own pretraining seed" in \
+        capsys.readouterr().err

@@ -11,6 +11,7 @@ reused, so the benchmark can run in pieces::
     python benchmarks/distortion_seg.py --datasets hippocampus_3d,hippocampus_2d
     python benchmarks/distortion_seg.py --datasets hippocampus_2d_instance   # after hippocampus_2d
     python benchmarks/distortion_seg.py --datasets hippocampus_3d --pretrain-seed 1   # another pretraining
+    python benchmarks/distortion_seg.py --datasets hippocampus_3d --resume   # continue a killed entry
     python benchmarks/distortion_seg.py --rebuild    # .md and provenance notes from the .json only
 
 Writes ``benchmarks/results/distortion_seg.{json,md}``: Dice mean ± 95% CI (t over seeds) per
@@ -108,13 +109,18 @@ def entry_config(dataset: str, init: str, out: Path, extra: list[str] = (),
     return load_config(config, sets)
 
 
-def run_entry(dataset: str, init: str, out: Path, extra: list[str], pretrain_seed: int | None = None) -> Path:
-    """Run (or reuse) one study; returns its run directory."""
+def run_entry(dataset: str, init: str, out: Path, extra: list[str], pretrain_seed: int | None = None,
+              resume: bool = False) -> Path:
+    """Run (or reuse) one study; returns its run directory. ``resume`` continues a killed one
+    (``<run>.incomplete``: finished cells and the pretraining are kept) instead of starting again."""
     run = out / f"{dataset}_{entry_name(init, pretrain_seed)}"
     if (run / "results.jsonl").exists():
         print(f"reusing {run}")
         return run
-    return run_study(entry_config(dataset, init, out, extra, pretrain_seed), overwrite=True)
+    cfg = entry_config(dataset, init, out, extra, pretrain_seed)
+    if resume and run.with_name(run.name + ".incomplete").is_dir():
+        return run_study(cfg, resume=True)
+    return run_study(cfg, overwrite=True)
 
 
 def provenance(row: dict, out: Path, extra: list[str] = ()) -> dict:
@@ -259,6 +265,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra config override for every entry")
     parser.add_argument("--pretrain-seed", type=int, default=None,
                         help="run the SSL entries again with pretrain.seed=K (into <dataset>_<init>_pK)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue killed entries (<entry>.incomplete) instead of starting them again")
     parser.add_argument("--rebuild", action="store_true",
                         help="no runs: add provenance and notes to --out and rewrite its .md")
     args = parser.parse_args()
@@ -282,7 +290,7 @@ def main() -> None:
                 print(f"{dataset} scratch: does not pretrain, nothing to run for --pretrain-seed")
                 continue
             t = time.perf_counter()
-            run_entry(dataset, init, runs, args.set, args.pretrain_seed)
+            run_entry(dataset, init, runs, args.set, args.pretrain_seed, args.resume)
             print(f"{dataset} {entry_name(init, args.pretrain_seed)}: {time.perf_counter() - t:.0f} s",
                   flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -184,3 +184,17 @@ def test_distortion_refuses_a_pretrain_seed_that_is_the_entries_own(monkeypatch,
         module.main()
     assert exit_.value.code == 2 and "--pretrain-seed 0 is hippocampus_3d's own pretraining seed" in \
         capsys.readouterr().err
+
+
+def test_distortion_resume_continues_a_killed_entry_and_otherwise_starts_it_afresh(monkeypatch, tmp_path):
+    module = bench("distortion_seg")
+    calls = []
+    monkeypatch.setattr(module, "run_study", lambda cfg, **kw: calls.append((cfg.name, kw)))
+    module.run_entry("hippocampus_3d", "genesis", tmp_path, [], resume=True)  # nothing to continue
+    (tmp_path / "hippocampus_3d_genesis.incomplete").mkdir()
+    module.run_entry("hippocampus_3d", "genesis", tmp_path, [], resume=False)
+    module.run_entry("hippocampus_3d", "genesis", tmp_path, [], resume=True)
+    _seg_entry(tmp_path / "hippocampus_3d_genesis", {0: .5})
+    module.run_entry("hippocampus_3d", "genesis", tmp_path, [], resume=True)  # finished: reused
+    assert calls == [("hippocampus_3d_genesis", {"overwrite": True})] * 2 + [
+        ("hippocampus_3d_genesis", {"resume": True})]

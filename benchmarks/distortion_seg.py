@@ -155,6 +155,9 @@ def notes(table: list[dict], meta: dict) -> list[str]:
         lines.append(f"{dataset} {init} reuses the pretraining of {Path(path).parent.parent.name} "
                      "(its checkpoint, not a new pretraining).")
     counts = sorted({r["pretrainings"] for r in ssl})
+    if not ssl:
+        return [*lines, f"Intervals cover fine-tuning seeds ({'/'.join(map(str, seeds))} per row); no "
+                "pretrained entry yet."] + ([] if meta.get("dice_rule") else [OLD_DICE_RULE])
     lines.append(f"Intervals cover fine-tuning seeds only ({'/'.join(map(str, seeds))} per row): each SSL "
                  f"entry has {'one' if counts == [1] else '/'.join(map(str, counts))} pretraining (seed "
                  f"{'/'.join(map(str, sorted({r['pretrain_seed'] for r in ssl})))}), shared by all its "

@@ -65,6 +65,8 @@ def test_distortion_notes_come_from_each_entry_config(pool, monkeypatch, tmp_pat
     assert ("left out of pretraining: isbi2012" in notes[0]) == (pool == "train")
     assert "fine-tuning seeds only (3 per row)" in notes[-1] and "one pretraining (seed 0)" in notes[-1]
     assert "before 6a66d92" in module.notes(table, {})[-1]  # an older file without meta.dice_rule
+    assert module.notes(table[:1], {"dice_rule": "x"}) == [  # scratch only, so far
+        "Intervals cover fine-tuning seeds (3 per row); no pretrained entry yet."]
 
 
 def _knn_row(method: str, seed: int, auc: float, backbone: str = "resnet10") -> dict:

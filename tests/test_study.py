@@ -128,6 +128,7 @@ def resumed_study(tmp_path, monkeypatch):
     calls.clear()
     out = run_study(cfg, resume=True)
     assert calls == [("ssl", 0.1, 1), ("scratch", 0.1, 1)]  # the killed cell again, then the last one
+    monkeypatch.setattr(classification.ClassificationTask, "run_cell", cell)
     return out
 
 

@@ -69,11 +69,13 @@ def test_tiny_study_writes_finite_in_range_metrics_and_resumes_exactly(tmp_path,
     assert "SSL − scratch" in report and "| 10% | fine-tuned | simclr | 55 | 2 |" in report
     assert {(r["device"], r["precision"]) for r in rows if r["protocol"] != "study"} == {("cpu", "fp32")}
     assert "Trained on cpu in fp32." in report
+    assert [r["resumed"] for r in rows if r["protocol"] == "study"] == [False]
 
     # The same study killed twice (mid-pretraining, then in the third cell) and resumed equals it
     b = resumed_study(tmp_path, monkeypatch)
     rows_b = [json.loads(x) for x in (b / "results.jsonl").read_text().splitlines()]
     assert [_untimed(r) for r in rows_b] == [_untimed(r) for r in rows]
+    assert [r["resumed"] for r in rows_b if r["protocol"] == "study"] == [True]
 
     # A finished one-seed study given a second seed with --resume runs only the new cells and equals it
     c = extended_study(tmp_path, monkeypatch)

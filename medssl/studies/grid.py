@@ -112,6 +112,7 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
     killed one: finished cells are kept, the killed cell is redone, a killed pretraining continues."""
     data = check_grid(cfg, task)
     work, final = on_main(lambda: start_run(cfg, overwrite, resume))
+    reopened = resume and any(p.name != "config.yaml" for p in work.iterdir())  # earlier parts exist
     t0 = time.perf_counter()
     info = task.info(cfg, data)
     results = work / "results.jsonl"
@@ -139,7 +140,8 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
         for row in finished_rows(work / task.cell_dir(cell)):
             append_row(results, {**info, **row})
     # seconds of this invocation; a resumed study's earlier parts are not in it
-    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0, "resumed": resume})
+    append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0,
+                         "resumed": reopened})
     final = finish_run(work, final)
     barrier()
     return final

@@ -35,19 +35,18 @@ def start_run(cfg: StudyConfig, overwrite: bool, resume: bool = False) -> tuple[
     """
     final = Path(cfg.output_dir) / cfg.name
     work = final.with_name(final.name + ".incomplete")
-    if resume and (work / "config.yaml").is_file():  # a killed run (or a killed addition of cells)
+    incomplete = resume and (work / "config.yaml").is_file()  # a killed run (or a killed addition)
+    if final.exists() and not overwrite and not incomplete:
+        if not (resume and (final / "config.yaml").is_file() and adds_cells(cfg, final / "config.yaml")):
+            what = "is finished; nothing to resume" if resume else "exists"
+            raise MedsslError(f"{final}: run directory {what}; pass --overwrite or change 'name'")
+        final.rename(work)  # reopened: killed from here on, it resumes as any .incomplete run
+        incomplete = True
+    if incomplete:
         if adds_cells(cfg, work / "config.yaml"):
             save_config(cfg, work / "config.yaml")
         (work / "results.jsonl").unlink(missing_ok=True)  # rebuilt from the finished cells
         return work, final
-    if final.exists() and not overwrite:
-        if resume and (final / "config.yaml").is_file() and adds_cells(cfg, final / "config.yaml"):
-            final.rename(work)  # killed from here on, it resumes as any .incomplete run
-            save_config(cfg, work / "config.yaml")
-            (work / "results.jsonl").unlink(missing_ok=True)
-            return work, final
-        what = "is finished; nothing to resume" if resume else "exists"
-        raise MedsslError(f"{final}: run directory {what}; pass --overwrite or change 'name'")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     save_config(cfg, work / "config.yaml")

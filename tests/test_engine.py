@@ -9,9 +9,9 @@ from torch import nn
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, batch_indices
 from medssl.engine import TrainStep, compile_parts, fit, seed_everything, trainer, unwrap
+from medssl.engine.budget import PLAN_STEPS, BudgetPlan, plan
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
-from medssl.engine.trainer import PLAN_STEPS, _plan
 from medssl.errors import MedsslError
 from medssl.methods import create_method
 from medssl.registry import create_backbone
@@ -251,9 +251,9 @@ class Ticker(nn.Module):
 
 
 def test_plan_hand_values():
-    assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=10.0) == 31
-    assert _plan(total=20, step=11, seconds_per_step=0.5, seconds_left=10.0) == 20  # the epochs' plan caps it
-    assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=-3.0) == 11  # already out of time
+    assert plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=10.0) == 31
+    assert plan(total=20, step=11, seconds_per_step=0.5, seconds_left=10.0) == 20  # the epochs' plan caps it
+    assert plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=-3.0) == 11  # already out of time
 
 
 def test_max_seconds_plans_the_schedule_to_end_in_the_budget(tmp_path, monkeypatch):
@@ -292,6 +292,65 @@ def test_max_seconds_stops_a_run_slower_than_its_plan(tmp_path, monkeypatch):
     spec = PretrainConfig(epochs=50, batch_size=4, lr=0.1, warmup_epochs=1)
     result = run(model, images(16), spec, tmp_path, max_seconds=2.55, log_every=1)
     assert model.totals[-1] == 40 and result.steps == 26 and clock.now >= 2.55
+
+
+@pytest.mark.parametrize(("first", "later", "budget", "plans", "end"), [
+    # 11 steps at 1/16 s: 9.3125 s left -> 149 steps, plan 160; at 1 s (10% of the budget) and after
+    # 10 more steps at 1/8 s (step 21, 1.9375 s gone): 8.0625 s / (1/8 s) -> 64 steps, plan 85 (and
+    # again 85 at 2.5 s, step 31). Without the re-plan the budget would cut the cosine at step 86.
+    (1 / 16, 1 / 8, 10.0, {11: 160, 21: 85}, 9.9375),
+    # 11 steps at 1/8 s (1.375 s, past 10% of the budget): 8.525 s left -> 68 steps, plan 79; at
+    # 25% (2.475 s: step 29, 2.5 s gone, 18 steps at 1/16 s) 7.4 s -> 118 steps, plan 147. Without
+    # the re-plan the run would end at step 79 with 4.9 s of the budget unused.
+    (1 / 8, 1 / 16, 9.9, {11: 79, 29: 147}, 9.875),
+])
+def test_max_seconds_replans_when_the_throughput_changes(tmp_path, monkeypatch, first, later, budget, plans,
+                                                         end):
+    clock = Clock()
+    monkeypatch.setattr(trainer, "time", clock)
+    model = Ticker(clock, first)
+    record = model.after_step
+
+    def after_step(step, total):
+        record(step, total)
+        if step + 1 == PLAN_STEPS + 1:
+            model.seconds = later
+
+    model.after_step = after_step
+    spec = PretrainConfig(epochs=100, batch_size=4, lr=0.1, warmup_epochs=1)
+    result = run(model, images(16), spec, tmp_path, max_seconds=budget, log_every=1)
+    expected, total = [], 400
+    for step in range(result.steps):  # after_step(step, total) sees the plan made after step `step`
+        expected.append(total)
+        total = plans.get(step + 1, total)
+    assert model.totals == expected
+    last = max(plans)  # the step of the last plan; the run ends where it says, and the log follows its cosine
+    assert result.steps == plans[last] and clock.now == end
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows[last:]] == pytest.approx(cosine_schedule(0.1, plans[last], 4)[last:])
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["total"] == plans[last]
+
+
+def test_budget_plan_of_a_resumed_run_times_ten_steps_before_it_replans():
+    """Resumed at 2 s of a 10 s budget with a plan: only the 25% re-plan is left; the first step is
+    not timed and the plan waits for 10 timed steps although 2.5 s are spent after 3 of them."""
+    budget = BudgetPlan(10.0, cap=400, spent=2.0, planned=True)
+    assert budget.due == [2.5]
+    timed = [budget.update(101 + i, 2.125 + i / 8, (i + 1) / 8) for i in range(PLAN_STEPS)]
+    assert timed == [None] * PLAN_STEPS
+    assert budget.update(111, 3.375, 11 / 8) == 111 + 53  # 6.625 s left at 1/8 s per step
+    assert budget.due == [] and budget.update(200, 9.0, 20.0) is None
+
+
+def test_collectives_use_the_gpu_under_nccl(monkeypatch):
+    """NCCL has no CPU collectives: ``rank_max`` (budgets, early stopping) sends its number on the GPU."""
+    from medssl.engine import dist
+
+    monkeypatch.setattr(dist.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert dist.collective_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(dist.dist, "get_backend", lambda: "gloo")
+    assert dist.collective_device() == torch.device("cpu")
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

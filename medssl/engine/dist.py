@@ -76,6 +76,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rank_max(value: float) -> float:
+    """The largest ``value`` over the processes (the identity in one process): budgets and early
+    stopping decide together. NCCL has no CPU collectives, so the number travels on this rank's GPU."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def collective_device() -> torch.device:
+    """Where a tensor made for a collective must live: this rank's CUDA device under NCCL, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm layers -> ``SyncBatchNorm`` (statistics over the global batch). CUDA only: torch's
     SyncBatchNorm has no CPU kernel."""

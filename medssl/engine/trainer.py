@@ -29,8 +29,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from medssl.engine.budget import BudgetPlan
 from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
-from medssl.engine.dist import barrier, is_distributed, is_main, rank, sync_batchnorm, world_size, wrap_ddp
+from medssl.engine.dist import (
+    barrier,
+    is_distributed,
+    is_main,
+    rank,
+    rank_max,
+    sync_batchnorm,
+    world_size,
+    wrap_ddp,
+)
 from medssl.engine.precision import autocast, grad_scaler
 from medssl.engine.schedules import cosine_schedule
 from medssl.engine.tracking import make_tracker
@@ -166,8 +176,9 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     ``max_seconds`` is a wall-clock budget, counted over resumes: after ``PLAN_STEPS`` timed steps
     the learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end
     at the step the measured throughput reaches in the budget (never later than ``spec.epochs``),
-    and training stops after the first step that ends past it either way (the epoch is closed as
-    usual: callback, and a checkpoint as after the last epoch); the plan is kept in checkpoints.
+    and again at 10% and 25% of the budget (``medssl.engine.budget``); training stops after the
+    first step that ends past the budget either way (the epoch is closed as usual: callback, and a
+    checkpoint as after the last epoch); the plan is kept in checkpoints.
     ``accumulate`` splits every batch into that many micro-batches, backpropagated one after the
     other (DDP synchronises the last only) before one optimizer step: the same step with less
     memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
@@ -211,7 +222,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     step, elapsed = state["step"], state["elapsed"]
     total = state.get("total", total)  # a budget's plan, from the checkpoint
     lrs = cosine_schedule(spec.lr, total, warmup)
-    plan_at = step + 1 + PLAN_STEPS if max_seconds is not None and "total" not in state else None
+    budget = BudgetPlan(max_seconds, epochs * per_epoch, elapsed, "total" in state) if max_seconds else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(run_dir / "log.jsonl", step)
@@ -223,10 +234,10 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     def save() -> None:
         if run_dir:
             _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
-                             loss_value, total if plan_at is None and max_seconds is not None else None,
+                             loss_value, total if budget and budget.planned else None,
                              stopped)
 
-    out_of_time, done, t_plan = False, False, None
+    out_of_time, done = False, False
     stopped = bool(state.get("stopped", False))  # early-stopped before a resume: nothing left to train
     model.train()
     try:
@@ -251,12 +262,9 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                         inner.after_step(step, total)
                     n = len(batch["image"]) * world_size()
                     step, seen, loss_value = step + 1, seen + n, loss
-                    if plan_at is not None and step == plan_at - PLAN_STEPS:
-                        t_plan = time.perf_counter()  # the first step (warm-up, allocation) is not timed
-                    elif plan_at is not None and step == plan_at:
-                        total = _plan(total, step, (time.perf_counter() - t_plan) / PLAN_STEPS,
-                                      max_seconds - elapsed - (time.perf_counter() - t0))
-                        lrs, plan_at = cosine_schedule(spec.lr, total, warmup), None
+                    now = time.perf_counter()
+                    if budget and (planned := budget.update(step, elapsed + now - t0, now)) is not None:
+                        total, lrs = planned, cosine_schedule(spec.lr, planned, warmup)
                         progress.update(task, total=total)
                     done = step >= total
                     ips = seen / (time.perf_counter() - t0)
@@ -321,26 +329,9 @@ def _backward(model: nn.Module, step_fn: Callable, batch: dict[str, torch.Tensor
     return out, total
 
 
-PLAN_STEPS = 10  # steps timed (after the first) before a ``max_seconds`` budget plans the schedule
-
-
-def _plan(total: int, step: int, seconds_per_step: float, seconds_left: float) -> int:
-    """The last step of a budget: where ``seconds_per_step`` (the slowest rank's) reaches it,
-    at most ``total`` (the epochs' plan) and at least this ``step``."""
-    if is_distributed():
-        t = torch.tensor([seconds_per_step], dtype=torch.float64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        seconds_per_step = float(t.item())
-    return max(step, min(total, step + int(seconds_left / max(seconds_per_step, 1e-9))))
-
-
 def _any_rank(flag: bool) -> bool:
     """True on every rank when it is True on one (all ranks stop at the same step)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([float(flag)])
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return rank_max(float(flag)) > 0
 
 
 def _seed_per_rank() -> None:

@@ -222,7 +222,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     step, elapsed = state["step"], state["elapsed"]
     total = state.get("total", total)  # a budget's plan, from the checkpoint
     lrs = cosine_schedule(spec.lr, total, warmup)
-    budget = BudgetPlan(max_seconds, epochs * per_epoch, elapsed, "total" in state) if max_seconds else None
+    budget = BudgetPlan(max_seconds, epochs * per_epoch, elapsed, "total" in state) \
+        if max_seconds is not None else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(run_dir / "log.jsonl", step)

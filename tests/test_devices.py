@@ -142,7 +142,11 @@ def hardware(monkeypatch):
     def fake(gpus: int = 0, cuda_bf16: bool = True, mps: bool = False, cpu_bf16: bool = False) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+        # torch says yes to bf16 on every CUDA GPU (emulated before Ampere); native bf16 is sm_80 on
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        capability = (8, 0) if cuda_bf16 else (7, 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+        monkeypatch.setattr(torch.version, "hip", None)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_bf16)
 

@@ -219,6 +219,54 @@ def test_wrapped_model_runs_the_hooks_and_matches_the_plain_one(tmp_path, gloo_g
         torch.testing.assert_close(ddp[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def tiny_genesis():
+    net = create_backbone("resnet18_small", 2, 1, width=0.125)
+    return create_method("genesis", net, 2, 16, {})
+
+
+def test_broadcast_sends_parameters_and_buffers_in_place_not_the_generator_state(monkeypatch):
+    """NCCL cannot send the CPU ``_extra_state`` (a corruption generator's state), and a broadcast
+    into a state-dict copy would change nothing: rank 0's parameters and buffers, each in place."""
+    model, sent = tiny_genesis(), []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda t, src: sent.append((t.data_ptr(), src)))
+    trainer._broadcast_tensors(model)
+    own = [t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers())]
+    assert sent == [(ptr, 0) for ptr in own]
+
+
+def test_every_rank_draws_its_own_corruptions(monkeypatch):
+    """Per rank: torch's stream and each method generator (masks, crops, corruptions), both
+    from the stream every rank shares before; the same rank twice gets the same streams."""
+    states = {}
+    for r in (0, 1, 0):
+        monkeypatch.setattr(trainer, "rank", lambda r=r: r)
+        seed_everything(0)
+        model = tiny_genesis()
+        trainer._seed_per_rank(model)
+        states.setdefault(r, []).append((model.generator.get_state(), torch.get_rng_state()))
+    (gen0, rng0), (again, rng_again) = states[0]
+    gen1, rng1 = states[1][0]
+    assert torch.equal(gen0, again) and torch.equal(rng0, rng_again)
+    assert not torch.equal(gen0, gen1) and not torch.equal(rng0, rng1)
+
+
+def test_cuda_rng_state_is_this_gpus_and_an_older_all_gpu_one_resumes_on_one(monkeypatch):
+    """A run checkpointed where 8 GPUs were visible resumes where one is: the saved state is this
+    process's GPU only, and an older checkpoint's per-GPU list gives the current GPU its own."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    nine = torch.full((4,), 9, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": nine)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    state = trainer.rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[9] * 4]
+    trainer.set_rng_state({**state, "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]})
+    trainer.set_rng_state(state)
+    assert [s.tolist() for s in restored] == [[0] * 4, [9] * 4]
+
+
 def test_unwrap_names_a_module_without_training_step():
     with pytest.raises(TypeError, match="Linear has no training_step"):
         unwrap(nn.Linear(2, 2))

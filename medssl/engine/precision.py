@@ -44,8 +44,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native from Ampere (sm_80) on; torch.cuda.is_bf16_supported() also
+        # says yes to the slow emulation on a V100 or T4, where fp16 with a loss scaler is the fast path
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return False

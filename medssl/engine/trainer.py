@@ -13,6 +13,7 @@ wraps a plain model in DDP itself; rank 0 alone logs and checkpoints (``medssl.e
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -218,7 +219,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     if is_distributed() and resume:  # rank 0 read the checkpoint: every rank takes it
         state = _broadcast_state(inner, optimizer, scaler, state)
     if is_distributed():
-        _seed_per_rank()
+        _seed_per_rank(inner)
     step, elapsed = state["step"], state["elapsed"]
     total = state.get("total", total)  # a budget's plan, from the checkpoint
     lrs = cosine_schedule(spec.lr, total, warmup)
@@ -271,7 +272,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                     ips = seen / (time.perf_counter() - t0)
                     progress.update(task, advance=1, ips=ips, loss=loss_value)
                     if step % log_every == 0 or step == total:  # every rank: the means are collective
-                        logs = {k: float(all_reduce_mean(v.detach().float())) for k, v in out.items()}
+                        logs = {k: float(all_reduce_mean(v.detach().float().to(device)))  # NCCL: on the GPU
+                                for k, v in out.items()}
                         if log:
                             row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
                                    "img_per_s": round(ips, 1), "grad_norm": grad_norm, **logs}
@@ -335,18 +337,24 @@ def _any_rank(flag: bool) -> bool:
     return rank_max(float(flag)) > 0
 
 
-def _seed_per_rank() -> None:
-    """Different augmentation streams per rank, from the (identical) stream every rank has now."""
+def _seed_per_rank(model: nn.Module) -> None:
+    """Different augmentation and corruption streams per rank, from the (identical) stream every rank
+    has now: torch, NumPy, ``random`` and the methods' own generators (masks, crops, corruptions)."""
     base = int(torch.randint(0, 2**31 - 1, (1,)).item())
     torch.manual_seed(base + rank())
     np.random.seed((base + rank()) % 2**32)
     random.seed(base + rank())
+    for module in model.modules():
+        if isinstance(getattr(module, "generator", None), torch.Generator):
+            module.generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
 
 
 def _broadcast_tensors(model: nn.Module) -> None:
-    for t in model.state_dict().values():
-        if isinstance(t, torch.Tensor):
-            torch.distributed.broadcast(t, src=0)
+    """Rank 0's parameters and buffers on every rank, in place. Not the rest of the state dict: a
+    method's ``_extra_state`` (its corruption generator's state) is a CPU copy, which NCCL cannot send
+    and a broadcast into would not change."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        torch.distributed.broadcast(t.data, src=0)
 
 
 def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -401,7 +409,7 @@ def rng_state() -> dict[str, Any]:
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
              "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [torch.cuda.get_rng_state()]  # this process's GPU: a resume may see fewer GPUs
     return state
 
 
@@ -411,8 +419,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal.tolist()), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # older checkpoints hold one state per visible GPU
+        saved = state["cuda"]
+        torch.cuda.set_rng_state(saved[min(torch.cuda.current_device(), len(saved) - 1)])
 
 
 def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,

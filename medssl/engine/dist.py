@@ -26,8 +26,9 @@ from torch import nn
 from medssl.errors import MedsslError
 from medssl.losses.distributed import is_distributed, local_only, rank, world_size
 
-__all__ = ["barrier", "init_from_env", "is_distributed", "is_main", "local_only", "local_rank", "on_main",
-           "rank", "shutdown", "sync_batchnorm", "world_size", "wrap_ddp"]
+__all__ = ["barrier", "collective_device", "init_from_env", "is_distributed", "is_main", "local_only",
+           "local_rank", "on_main", "rank", "rank_max", "shutdown", "sync_batchnorm", "world_size",
+           "wrap_ddp"]
 
 T = TypeVar("T")
 

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from medssl.engine.dist import launched_by_torchrun
 from medssl.errors import MedsslError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -36,6 +37,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise MedsslError(f"engine.device={name} but no CUDA GPU is visible; use auto or cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise MedsslError(f"engine.device={name}: only {torch.cuda.device_count()} GPU(s) visible")
+        if device.index is not None and launched_by_torchrun():
+            raise MedsslError(f"engine.device={name} under torchrun: each process takes the GPU of its "
+                              "LOCAL_RANK; use cuda or auto (choose the GPUs with CUDA_VISIBLE_DEVICES)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise MedsslError(f"engine.device={name} but MPS is not available; use auto or cpu")
     elif device.type not in ("cpu", "cuda", "mps"):

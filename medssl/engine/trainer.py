@@ -360,15 +360,17 @@ def _broadcast_tensors(model: nn.Module) -> None:
 def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                      state: dict[str, Any]) -> dict[str, Any]:
     """Rank 0's resumed weights, optimizer and loss-scaler state and step on every rank (DDP averages
-    the scaled gradients, so every rank must scale by the same factor)."""
-    mine = [state, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None]
-    box = mine if is_main() else [None, None, None]
+    the scaled gradients, so every rank must scale by the same factor). The optimizer state sent is
+    the checkpoint's, on the CPU (rank 0's live one sits on its GPU, where every rank would unpickle
+    it); ``load_state_dict`` moves it to each rank's parameters."""
+    box = [state, scaler.state_dict() if scaler is not None else None] if is_main() else [None, None]
     torch.distributed.broadcast_object_list(box, src=0)
     _broadcast_tensors(model)
     if not is_main():
-        optimizer.load_state_dict(box[1])
-        if scaler is not None and box[2]:
-            scaler.load_state_dict(box[2])
+        if "optimizer" in box[0]:  # a checkpoint was resumed (else the optimizer is fresh everywhere)
+            optimizer.load_state_dict(box[0]["optimizer"])
+        if scaler is not None and box[1]:
+            scaler.load_state_dict(box[1])
     return box[0]
 
 

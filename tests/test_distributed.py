@@ -172,7 +172,8 @@ def test_shards_split_each_global_batch():
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)")
 def test_nccl_two_gpus_with_sync_batchnorm_stay_identical(tmp_path):
-    """On a machine with 2 GPUs: NCCL, SyncBatchNorm and every joint-embedding method in bf16."""
+    """On a machine with 2 GPUs: NCCL, SyncBatchNorm and every joint-embedding method, Models Genesis
+    (its corruption generator) and MAE (a ViT) in bf16; the generators alone differ per rank."""
     from dist_workers import train_cuda
 
     names = [n for n in BUILDERS if n not in ("linear", "squares")]
@@ -180,4 +181,5 @@ def test_nccl_two_gpus_with_sync_batchnorm_stay_identical(tmp_path):
     for name in names:
         states = [torch.load(tmp_path / f"{name}_{r}.pt", weights_only=True) for r in range(WORLD)]
         for k in states[0]:
-            torch.testing.assert_close(states[1][k], states[0][k], rtol=0, atol=0, msg=f"{name} {k}")
+            if not k.endswith(PER_RANK):
+                torch.testing.assert_close(states[1][k], states[0][k], rtol=0, atol=0, msg=f"{name} {k}")

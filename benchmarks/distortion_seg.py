@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -34,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
 from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
-from medssl.stats.intervals import paired_seed_diffs, t_interval
+from medssl.stats.intervals import paired_seed_diffs
 from medssl.studies import run_study
 from medssl.studies.pretraining import pretrain_seed as seed_of
 
@@ -168,9 +170,11 @@ def notes(table: list[dict], meta: dict) -> list[str]:
 
 
 def ci95(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% t-interval, :func:`t_interval`'s); half-width NaN for one value."""
-    lo, hi = t_interval(values)
-    return float(np.mean(values)), (hi - lo) / 2
+    """(mean, half-width of the 95% t-interval); half-width NaN for one value."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def entries(out: Path, dataset: str) -> list[str]:

@@ -170,6 +170,15 @@ def test_device_and_precision_rules(hardware, machine, device, precision, expect
     assert (str(resolved), resolve_precision(precision, resolved)) == expected
 
 
+def test_a_gpu_index_under_torchrun_is_a_one_line_error(hardware, monkeypatch):
+    """Every torchrun process would put its model on the same GPU (NCCL: "Duplicate GPU")."""
+    hardware(gpus=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("cuda") == torch.device("cuda")  # the process's own GPU (LOCAL_RANK's)
+    with pytest.raises(MedsslError, match=re.escape("engine.device=cuda:1 under torchrun: each process")):
+        resolve_device("cuda:1")
+
+
 @pytest.mark.parametrize(("machine", "device", "precision", "needle"), [
     ({"cpu_bf16": True}, "cpu", "fp16", "fp16 is for CUDA"),
     ({}, "cpu", "bf16", "no native bf16"),
@@ -181,15 +190,6 @@ def test_device_and_precision_rules(hardware, machine, device, precision, expect
     ({}, "tpu", "auto", "must be auto, cpu"),
     ({}, "cpu", "fp8", "must be auto, bf16"),
 ])
-def test_a_gpu_index_under_torchrun_is_a_one_line_error(hardware, monkeypatch):
-    """Every torchrun process would put its model on the same GPU (NCCL: "Duplicate GPU")."""
-    hardware(gpus=2)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert resolve_device("cuda") == torch.device("cuda")  # the process's own GPU (LOCAL_RANK's)
-    with pytest.raises(MedsslError, match=re.escape("engine.device=cuda:1 under torchrun: each process")):
-        resolve_device("cuda:1")
-
-
 def test_impossible_device_or_precision_is_a_one_line_error(hardware, machine, device, precision,
                                                              needle):
     hardware(**machine)

@@ -9,6 +9,7 @@ from torch import nn
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, batch_indices
 from medssl.engine import TrainStep, compile_parts, fit, seed_everything, trainer, unwrap
+from medssl.engine import budget as budget_module
 from medssl.engine.budget import PLAN_STEPS, BudgetPlan, plan
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
@@ -346,7 +347,7 @@ def test_max_seconds_stops_a_run_slower_than_its_plan(tmp_path, monkeypatch):
     # 11 steps at 1/16 s: 9.3125 s left -> 149 steps, plan 160; at 1 s (10% of the budget) and after
     # 10 more steps at 1/8 s (step 21, 1.9375 s gone): 8.0625 s / (1/8 s) -> 64 steps, plan 85 (and
     # again 85 at 2.5 s, step 31). Without the re-plan the budget would cut the cosine at step 86.
-    (1 / 16, 1 / 8, 10.0, {11: 160, 21: 85}, 9.9375),
+    (1 / 16, 1 / 8, 10.0, {11: 160, 21: 85, 31: 85}, 9.9375),
     # 11 steps at 1/8 s (1.375 s, past 10% of the budget): 8.525 s left -> 68 steps, plan 79; at
     # 25% (2.475 s: step 29, 2.5 s gone, 18 steps at 1/16 s) 7.4 s -> 118 steps, plan 147. Without
     # the re-plan the run would end at step 79 with 4.9 s of the budget unused.
@@ -365,8 +366,11 @@ def test_max_seconds_replans_when_the_throughput_changes(tmp_path, monkeypatch, 
             model.seconds = later
 
     model.after_step = after_step
+    made = []  # (step, last step) of every plan
+    monkeypatch.setattr(budget_module, "plan", lambda *a: made.append((a[1], plan(*a))) or made[-1][1])
     spec = PretrainConfig(epochs=100, batch_size=4, lr=0.1, warmup_epochs=1)
     result = run(model, images(16), spec, tmp_path, max_seconds=budget, log_every=1)
+    assert made == sorted(plans.items())
     expected, total = [], 400
     for step in range(result.steps):  # after_step(step, total) sees the plan made after step `step`
         expected.append(total)

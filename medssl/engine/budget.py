@@ -33,14 +33,14 @@ class BudgetPlan:
         self.mark: tuple[int, float] | None = None  # (step, clock) the current timing starts at
 
     def update(self, step: int, spent: float, now: float) -> int | None:
-        """After ``step`` (``spent`` seconds of the budget used, ``now`` on the clock): the new last
-        step when one is planned now, else None. Every rank calls it at every step together."""
+        """After ``step`` (``spent``: seconds of the budget used, the slowest rank's, so every rank
+        plans at the same step; ``now``: this rank's clock): the new last step when one is planned
+        now, else None. Every rank calls it at every step (``plan`` is a collective)."""
         if self.mark is None:  # the first step (after a start or resume) is not timed
             self.mark = (step, now)
             return None
         if step - self.mark[0] < PLAN_STEPS or (self.planned and not self.due):
             return None
-        spent = rank_max(spent)  # the slowest rank's: every rank plans at the same step, the same plan
         if self.planned and spent < self.due[0]:
             return None
         self.planned, self.due = True, [t for t in self.due if t > spent]

@@ -47,7 +47,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def _bf16_supported(device: torch.device) -> bool:
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 natively (not emulated): what ``precision=auto`` picks bf16 on."""
     if device.type == "cuda":  # native from Ampere (sm_80) on; torch.cuda.is_bf16_supported() also
         # says yes to the slow emulation on a V100 or T4, where fp16 with a loss scaler is the fast path
         return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
@@ -64,10 +65,10 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> tor
     if precision == "fp32":
         return None
     if precision == "auto":
-        if _bf16_supported(device):
+        if native_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
-    if precision == "bf16" and not _bf16_supported(device):
+    if precision == "bf16" and not native_bf16(device):
         raise MedsslError(f"engine.precision=bf16 but this {device.type.upper()} has no native bf16; "
                           "use auto or fp32")
     if precision == "fp16" and device.type != "cuda":

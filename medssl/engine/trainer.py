@@ -174,12 +174,14 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection)
     and ``"stop": True`` to end training after this epoch (early stopping; the checkpoint records
     it, so a resumed early-stopped run stays stopped).
-    ``max_seconds`` is a wall-clock budget, counted over resumes: after ``PLAN_STEPS`` timed steps
-    the learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end
-    at the step the measured throughput reaches in the budget (never later than ``spec.epochs``),
-    and again at 10% and 25% of the budget (``medssl.engine.budget``); training stops after the
+    ``max_seconds`` is a wall-clock budget, counted over resumes: after 10 timed steps the
+    learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end at
+    the step the measured throughput reaches in the budget (never later than ``spec.epochs``), and
+    again at ``REPLAN_AT`` shares of the budget (``medssl.engine.budget``); training stops after the
     first step that ends past the budget either way (the epoch is closed as usual: callback, and a
-    checkpoint as after the last epoch); the plan is kept in checkpoints.
+    checkpoint as after the last epoch); the plan is kept in checkpoints. Under ``torchrun`` the
+    slowest rank's time decides, and a resumed run re-draws each rank's random streams (augmentation,
+    corruption generators) from the restored ones, so it is exact in one process only.
     ``accumulate`` splits every batch into that many micro-batches, backpropagated one after the
     other (DDP synchronises the last only) before one optimizer step: the same step with less
     memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
@@ -246,9 +248,10 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
         with _progress(desc, total, step, main) as (progress, task):
             for epoch in range(epochs if stopped else step // per_epoch, epochs):
                 for batch in data.epoch(epoch, start=step - epoch * per_epoch):  # resumed mid-epoch
+                    lr = lrs[step]  # this step's (a re-plan after it changes the later ones)
                     for group in optimizer.param_groups:  # lr 0 leaves a group exactly as it is
                         started = step >= group.get("start_step", 0)  # (older checkpoints lack the key)
-                        group["lr"] = lrs[step] * group["lr_scale"] if started else 0.0
+                        group["lr"] = lr * group["lr_scale"] if started else 0.0
                     where = f"{desc}: step {step} (epoch {epoch})"
                     optimizer.zero_grad(set_to_none=True)
                     out, loss = _backward(model, step_fn, batch, accumulate, device, precision, scaler, where)
@@ -265,7 +268,8 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                     n = len(batch["image"]) * world_size()
                     step, seen, loss_value = step + 1, seen + n, loss
                     now = time.perf_counter()
-                    if budget and (planned := budget.update(step, elapsed + now - t0, now)) is not None:
+                    spent = rank_max(elapsed + now - t0) if budget is not None else 0.0  # the slowest rank's
+                    if budget is not None and (planned := budget.update(step, spent, now)) is not None:
                         total, lrs = planned, cosine_schedule(spec.lr, planned, warmup)
                         progress.update(task, total=total)
                     done = step >= total
@@ -275,12 +279,11 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                         logs = {k: float(all_reduce_mean(v.detach().float().to(device)))  # NCCL: on the GPU
                                 for k, v in out.items()}
                         if log:
-                            row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
+                            row = {"step": step, "epoch": epoch, "lr": lr,
                                    "img_per_s": round(ips, 1), "grad_norm": grad_norm, **logs}
                             log.write(json.dumps(row) + "\n")
                             tracker.log(row, step)
-                    out_of_time = max_seconds is not None and _any_rank(
-                        elapsed + time.perf_counter() - t0 >= max_seconds)
+                    out_of_time = budget is not None and spent >= max_seconds
                     if out_of_time or done:
                         break
                     if (run_dir and checkpoint and checkpoint_steps and step % checkpoint_steps == 0

@@ -170,7 +170,9 @@ def notes(table: list[dict], meta: dict) -> list[str]:
 
 
 def ci95(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% t-interval); half-width NaN for one value."""
+    """(mean, half-width of the 95% t-interval); half-width NaN for one value. Not
+    ``medssl.stats.intervals.t_interval``: that one refuses NaN, and a per-class Dice is NaN when a
+    class is missing from a run's test cases; here it gives a NaN cell instead."""
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
         return float(v.mean()), float("nan")

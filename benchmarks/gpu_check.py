@@ -47,7 +47,7 @@ from torch import nn
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
 from medssl.engine import compile_parts, fit, seed_everything
-from medssl.engine.precision import autocast, grad_scaler, resolve_channels_last
+from medssl.engine.precision import autocast, grad_scaler, native_bf16, resolve_channels_last
 from medssl.eval.finetune import Classifier
 from medssl.eval.segmentation import SegmentationNet
 from medssl.methods import create_method
@@ -370,7 +370,7 @@ def main() -> int:
     device = torch.device(args.device)
     dtypes = [torch.bfloat16, torch.float16]
     notes = [f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"]
-    if not torch.cuda.is_bf16_supported():
+    if not native_bf16(device):  # torch.cuda.is_bf16_supported() also counts emulation (V100, T4)
         dtypes.remove(torch.bfloat16)
         notes.append("bf16 skipped: this GPU has no native bf16 (pre-Ampere)")
     rows, failed = [], []

@@ -160,8 +160,8 @@ class PretrainConfig:
     # image under this folder) instead of the study's own training images; resized to data.size
     dataset: str | None = None
     # wall-clock budget: the learning-rate schedule is planned from the measured throughput to end
-    # in it (at most `epochs`), and training stops after the step that passes it; for same-budget
-    # method comparisons
+    # in it (at most `epochs`; planned again at 10% and 25% of it), and training stops after the
+    # step that passes it; for same-budget method comparisons
     max_seconds: Annotated[float | None, POSITIVE] = None
     # every this many epochs (0: never) also save the encoder as snapshots/encoder_epochNNNN.safetensors
     # (loadable like encoder.safetensors): choose the pretraining length on validation data afterwards

@@ -142,7 +142,11 @@ def hardware(monkeypatch):
     def fake(gpus: int = 0, cuda_bf16: bool = True, mps: bool = False, cpu_bf16: bool = False) -> None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+        # torch says yes to bf16 on every CUDA GPU (emulated before Ampere); native bf16 is sm_80 on
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        capability = (8, 0) if cuda_bf16 else (7, 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+        monkeypatch.setattr(torch.version, "hip", None)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: cpu_bf16)
 
@@ -164,6 +168,15 @@ def test_device_and_precision_rules(hardware, machine, device, precision, expect
     hardware(**machine)
     resolved = resolve_device(device)
     assert (str(resolved), resolve_precision(precision, resolved)) == expected
+
+
+def test_a_gpu_index_under_torchrun_is_a_one_line_error(hardware, monkeypatch):
+    """Every torchrun process would put its model on the same GPU (NCCL: "Duplicate GPU")."""
+    hardware(gpus=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("cuda") == torch.device("cuda")  # the process's own GPU (LOCAL_RANK's)
+    with pytest.raises(MedsslError, match=re.escape("engine.device=cuda:1 under torchrun: each process")):
+        resolve_device("cuda:1")
 
 
 @pytest.mark.parametrize(("machine", "device", "precision", "needle"), [

@@ -9,9 +9,10 @@ from torch import nn
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches, batch_indices
 from medssl.engine import TrainStep, compile_parts, fit, seed_everything, trainer, unwrap
+from medssl.engine import budget as budget_module
+from medssl.engine.budget import PLAN_STEPS, BudgetPlan, plan
 from medssl.engine.checkpoint import load_checkpoint, load_weights, save_weights
 from medssl.engine.schedules import cosine_schedule
-from medssl.engine.trainer import PLAN_STEPS, _plan
 from medssl.errors import MedsslError
 from medssl.methods import create_method
 from medssl.registry import create_backbone
@@ -219,6 +220,54 @@ def test_wrapped_model_runs_the_hooks_and_matches_the_plain_one(tmp_path, gloo_g
         torch.testing.assert_close(ddp[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def tiny_genesis():
+    net = create_backbone("resnet18_small", 2, 1, width=0.125)
+    return create_method("genesis", net, 2, 16, {})
+
+
+def test_broadcast_sends_parameters_and_buffers_in_place_not_the_generator_state(monkeypatch):
+    """NCCL cannot send the CPU ``_extra_state`` (a corruption generator's state), and a broadcast
+    into a state-dict copy would change nothing: rank 0's parameters and buffers, each in place."""
+    model, sent = tiny_genesis(), []
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda t, src: sent.append((t.data_ptr(), src)))
+    trainer._broadcast_tensors(model)
+    own = [t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers())]
+    assert sent == [(ptr, 0) for ptr in own]
+
+
+def test_every_rank_draws_its_own_corruptions(monkeypatch):
+    """Per rank: torch's stream and each method generator (masks, crops, corruptions), both
+    from the stream every rank shares before; the same rank twice gets the same streams."""
+    states = {}
+    for r in (0, 1, 0):
+        monkeypatch.setattr(trainer, "rank", lambda r=r: r)
+        seed_everything(0)
+        model = tiny_genesis()
+        trainer._seed_per_rank(model)
+        states.setdefault(r, []).append((model.generator.get_state(), torch.get_rng_state()))
+    (gen0, rng0), (again, rng_again) = states[0]
+    gen1, rng1 = states[1][0]
+    assert torch.equal(gen0, again) and torch.equal(rng0, rng_again)
+    assert not torch.equal(gen0, gen1) and not torch.equal(rng0, rng1)
+
+
+def test_cuda_rng_state_is_this_gpus_and_an_older_all_gpu_one_resumes_on_one(monkeypatch):
+    """A run checkpointed where 8 GPUs were visible resumes where one is: the saved state is this
+    process's GPU only, and an older checkpoint's per-GPU list gives the current GPU its own."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    nine = torch.full((4,), 9, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": nine)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    state = trainer.rng_state()
+    assert [s.tolist() for s in state["cuda"]] == [[9] * 4]
+    trainer.set_rng_state({**state, "cuda": [torch.full((4,), i, dtype=torch.uint8) for i in range(8)]})
+    trainer.set_rng_state(state)
+    assert [s.tolist() for s in restored] == [[0] * 4, [9] * 4]
+
+
 def test_unwrap_names_a_module_without_training_step():
     with pytest.raises(TypeError, match="Linear has no training_step"):
         unwrap(nn.Linear(2, 2))
@@ -251,9 +300,9 @@ class Ticker(nn.Module):
 
 
 def test_plan_hand_values():
-    assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=10.0) == 31
-    assert _plan(total=20, step=11, seconds_per_step=0.5, seconds_left=10.0) == 20  # the epochs' plan caps it
-    assert _plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=-3.0) == 11  # already out of time
+    assert plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=10.0) == 31
+    assert plan(total=20, step=11, seconds_per_step=0.5, seconds_left=10.0) == 20  # the epochs' plan caps it
+    assert plan(total=1000, step=11, seconds_per_step=0.5, seconds_left=-3.0) == 11  # already out of time
 
 
 def test_max_seconds_plans_the_schedule_to_end_in_the_budget(tmp_path, monkeypatch):
@@ -292,6 +341,68 @@ def test_max_seconds_stops_a_run_slower_than_its_plan(tmp_path, monkeypatch):
     spec = PretrainConfig(epochs=50, batch_size=4, lr=0.1, warmup_epochs=1)
     result = run(model, images(16), spec, tmp_path, max_seconds=2.55, log_every=1)
     assert model.totals[-1] == 40 and result.steps == 26 and clock.now >= 2.55
+
+
+@pytest.mark.parametrize(("first", "later", "budget", "plans", "end"), [
+    # 11 steps at 1/16 s: 9.3125 s left -> 149 steps, plan 160; at 1 s (10% of the budget) and after
+    # 10 more steps at 1/8 s (step 21, 1.9375 s gone): 8.0625 s / (1/8 s) -> 64 steps, plan 85 (and
+    # again 85 at 2.5 s, step 31). Without the re-plan the budget would cut the cosine at step 86.
+    (1 / 16, 1 / 8, 10.0, {11: 160, 21: 85, 31: 85}, 9.9375),
+    # 11 steps at 1/8 s (1.375 s, past 10% of the budget): 8.525 s left -> 68 steps, plan 79; at
+    # 25% (2.475 s: step 29, 2.5 s gone, 18 steps at 1/16 s) 7.4 s -> 118 steps, plan 147. Without
+    # the re-plan the run would end at step 79 with 4.9 s of the budget unused.
+    (1 / 8, 1 / 16, 9.9, {11: 79, 29: 147}, 9.875),
+])
+def test_max_seconds_replans_when_the_throughput_changes(tmp_path, monkeypatch, first, later, budget, plans,
+                                                         end):
+    clock = Clock()
+    monkeypatch.setattr(trainer, "time", clock)
+    model = Ticker(clock, first)
+    record = model.after_step
+
+    def after_step(step, total):
+        record(step, total)
+        if step + 1 == PLAN_STEPS + 1:
+            model.seconds = later
+
+    model.after_step = after_step
+    made = []  # (step, last step) of every plan
+    monkeypatch.setattr(budget_module, "plan", lambda *a: made.append((a[1], plan(*a))) or made[-1][1])
+    spec = PretrainConfig(epochs=100, batch_size=4, lr=0.1, warmup_epochs=1)
+    result = run(model, images(16), spec, tmp_path, max_seconds=budget, log_every=1)
+    assert made == sorted(plans.items())
+    expected, total = [], 400
+    for step in range(result.steps):  # after_step(step, total) sees the plan made after step `step`
+        expected.append(total)
+        total = plans.get(step + 1, total)
+    assert model.totals == expected
+    last = max(plans)  # the step of the last plan; the run ends where it says, and the log follows its cosine
+    assert result.steps == plans[last] and clock.now == end
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows[last:]] == pytest.approx(cosine_schedule(0.1, plans[last], 4)[last:])
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors")[1]["total"] == plans[last]
+
+
+def test_budget_plan_of_a_resumed_run_times_ten_steps_before_it_replans():
+    """Resumed at 2 s of a 10 s budget with a plan: only the 25% re-plan is left; the first step is
+    not timed and the plan waits for 10 timed steps although 2.5 s are spent after 3 of them."""
+    budget = BudgetPlan(10.0, cap=400, spent=2.0, planned=True)
+    assert budget.due == [2.5]
+    timed = [budget.update(101 + i, 2.125 + i / 8, (i + 1) / 8) for i in range(PLAN_STEPS)]
+    assert timed == [None] * PLAN_STEPS
+    assert budget.update(111, 3.375, 11 / 8) == 111 + 53  # 6.625 s left at 1/8 s per step
+    assert budget.due == [] and budget.update(200, 9.0, 20.0) is None
+
+
+def test_collectives_use_the_gpu_under_nccl(monkeypatch):
+    """NCCL has no CPU collectives: ``rank_max`` (budgets, early stopping) sends its number on the GPU."""
+    from medssl.engine import dist
+
+    monkeypatch.setattr(dist.dist, "get_backend", lambda: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert dist.collective_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(dist.dist, "get_backend", lambda: "gloo")
+    assert dist.collective_device() == torch.device("cpu")
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

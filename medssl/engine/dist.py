@@ -26,8 +26,9 @@ from torch import nn
 from medssl.errors import MedsslError
 from medssl.losses.distributed import is_distributed, local_only, rank, world_size
 
-__all__ = ["barrier", "init_from_env", "is_distributed", "is_main", "local_only", "local_rank", "on_main",
-           "rank", "shutdown", "sync_batchnorm", "world_size", "wrap_ddp"]
+__all__ = ["barrier", "collective_device", "init_from_env", "is_distributed", "is_main", "local_only",
+           "local_rank", "on_main", "rank", "rank_max", "shutdown", "sync_batchnorm", "world_size",
+           "wrap_ddp"]
 
 T = TypeVar("T")
 
@@ -74,6 +75,23 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def rank_max(value: float) -> float:
+    """The largest ``value`` over the processes (the identity in one process): budgets and early
+    stopping decide together. NCCL has no CPU collectives, so the number travels on this rank's GPU."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def collective_device() -> torch.device:
+    """Where a tensor made for a collective must live: this rank's CUDA device under NCCL, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

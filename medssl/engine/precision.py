@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from medssl.engine.dist import launched_by_torchrun
 from medssl.errors import MedsslError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -36,6 +37,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise MedsslError(f"engine.device={name} but no CUDA GPU is visible; use auto or cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise MedsslError(f"engine.device={name}: only {torch.cuda.device_count()} GPU(s) visible")
+        if device.index is not None and launched_by_torchrun():
+            raise MedsslError(f"engine.device={name} under torchrun: each process takes the GPU of its "
+                              "LOCAL_RANK; use cuda or auto (choose the GPUs with CUDA_VISIBLE_DEVICES)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise MedsslError(f"engine.device={name} but MPS is not available; use auto or cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -43,9 +47,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def _bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 natively (not emulated): what ``precision=auto`` picks bf16 on."""
+    if device.type == "cuda":  # native from Ampere (sm_80) on; torch.cuda.is_bf16_supported() also
+        # says yes to the slow emulation on a V100 or T4, where fp16 with a loss scaler is the fast path
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return False
@@ -59,10 +65,10 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> tor
     if precision == "fp32":
         return None
     if precision == "auto":
-        if _bf16_supported(device):
+        if native_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
-    if precision == "bf16" and not _bf16_supported(device):
+    if precision == "bf16" and not native_bf16(device):
         raise MedsslError(f"engine.precision=bf16 but this {device.type.upper()} has no native bf16; "
                           "use auto or fp32")
     if precision == "fp16" and device.type != "cuda":

@@ -13,6 +13,7 @@ wraps a plain model in DDP itself; rank 0 alone logs and checkpoints (``medssl.e
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -29,8 +30,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from medssl.engine.budget import BudgetPlan
 from medssl.engine.checkpoint import load_checkpoint, save_checkpoint
-from medssl.engine.dist import barrier, is_distributed, is_main, rank, sync_batchnorm, world_size, wrap_ddp
+from medssl.engine.dist import (
+    barrier,
+    is_distributed,
+    is_main,
+    rank,
+    rank_max,
+    sync_batchnorm,
+    world_size,
+    wrap_ddp,
+)
 from medssl.engine.precision import autocast, grad_scaler
 from medssl.engine.schedules import cosine_schedule
 from medssl.engine.tracking import make_tracker
@@ -163,11 +174,14 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     ``on_epoch_end(epoch)`` may return metrics to log (e.g. validation AUC for model selection)
     and ``"stop": True`` to end training after this epoch (early stopping; the checkpoint records
     it, so a resumed early-stopped run stays stopped).
-    ``max_seconds`` is a wall-clock budget, counted over resumes: after ``PLAN_STEPS`` timed steps
-    the learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end
-    at the step the measured throughput reaches in the budget (never later than ``spec.epochs``),
-    and training stops after the first step that ends past it either way (the epoch is closed as
-    usual: callback, and a checkpoint as after the last epoch); the plan is kept in checkpoints.
+    ``max_seconds`` is a wall-clock budget, counted over resumes: after 10 timed steps the
+    learning-rate schedule (warm-up, cosine decay, ``after_step``'s total) is re-planned to end at
+    the step the measured throughput reaches in the budget (never later than ``spec.epochs``), and
+    again at ``REPLAN_AT`` shares of the budget (``medssl.engine.budget``); training stops after the
+    first step that ends past the budget either way (the epoch is closed as usual: callback, and a
+    checkpoint as after the last epoch); the plan is kept in checkpoints. Under ``torchrun`` the
+    slowest rank's time decides, and a resumed run re-draws each rank's random streams (augmentation,
+    corruption generators) from the restored ones, so it is exact in one process only.
     ``accumulate`` splits every batch into that many micro-batches, backpropagated one after the
     other (DDP synchronises the last only) before one optimizer step: the same step with less
     memory (BatchNorm and in-batch negatives then see micro-batches). ``sync_bn``: SyncBatchNorm
@@ -207,11 +221,12 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     if is_distributed() and resume:  # rank 0 read the checkpoint: every rank takes it
         state = _broadcast_state(inner, optimizer, scaler, state)
     if is_distributed():
-        _seed_per_rank()
+        _seed_per_rank(inner)
     step, elapsed = state["step"], state["elapsed"]
     total = state.get("total", total)  # a budget's plan, from the checkpoint
     lrs = cosine_schedule(spec.lr, total, warmup)
-    plan_at = step + 1 + PLAN_STEPS if max_seconds is not None and "total" not in state else None
+    budget = BudgetPlan(max_seconds, epochs * per_epoch, elapsed, "total" in state) \
+        if max_seconds is not None else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(run_dir / "log.jsonl", step)
@@ -223,19 +238,20 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     def save() -> None:
         if run_dir:
             _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
-                             loss_value, total if plan_at is None and max_seconds is not None else None,
+                             loss_value, total if budget and budget.planned else None,
                              stopped)
 
-    out_of_time, done, t_plan = False, False, None
+    out_of_time, done = False, False
     stopped = bool(state.get("stopped", False))  # early-stopped before a resume: nothing left to train
     model.train()
     try:
         with _progress(desc, total, step, main) as (progress, task):
             for epoch in range(epochs if stopped else step // per_epoch, epochs):
                 for batch in data.epoch(epoch, start=step - epoch * per_epoch):  # resumed mid-epoch
+                    lr = lrs[step]  # this step's (a re-plan after it changes the later ones)
                     for group in optimizer.param_groups:  # lr 0 leaves a group exactly as it is
                         started = step >= group.get("start_step", 0)  # (older checkpoints lack the key)
-                        group["lr"] = lrs[step] * group["lr_scale"] if started else 0.0
+                        group["lr"] = lr * group["lr_scale"] if started else 0.0
                     where = f"{desc}: step {step} (epoch {epoch})"
                     optimizer.zero_grad(set_to_none=True)
                     out, loss = _backward(model, step_fn, batch, accumulate, device, precision, scaler, where)
@@ -251,25 +267,23 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
                         inner.after_step(step, total)
                     n = len(batch["image"]) * world_size()
                     step, seen, loss_value = step + 1, seen + n, loss
-                    if plan_at is not None and step == plan_at - PLAN_STEPS:
-                        t_plan = time.perf_counter()  # the first step (warm-up, allocation) is not timed
-                    elif plan_at is not None and step == plan_at:
-                        total = _plan(total, step, (time.perf_counter() - t_plan) / PLAN_STEPS,
-                                      max_seconds - elapsed - (time.perf_counter() - t0))
-                        lrs, plan_at = cosine_schedule(spec.lr, total, warmup), None
+                    now = time.perf_counter()
+                    spent = rank_max(elapsed + now - t0) if budget is not None else 0.0  # the slowest rank's
+                    if budget is not None and (planned := budget.update(step, spent, now)) is not None:
+                        total, lrs = planned, cosine_schedule(spec.lr, planned, warmup)
                         progress.update(task, total=total)
                     done = step >= total
                     ips = seen / (time.perf_counter() - t0)
                     progress.update(task, advance=1, ips=ips, loss=loss_value)
                     if step % log_every == 0 or step == total:  # every rank: the means are collective
-                        logs = {k: float(all_reduce_mean(v.detach().float())) for k, v in out.items()}
+                        logs = {k: float(all_reduce_mean(v.detach().float().to(device)))  # NCCL: on the GPU
+                                for k, v in out.items()}
                         if log:
-                            row = {"step": step, "epoch": epoch, "lr": lrs[step - 1],
+                            row = {"step": step, "epoch": epoch, "lr": lr,
                                    "img_per_s": round(ips, 1), "grad_norm": grad_norm, **logs}
                             log.write(json.dumps(row) + "\n")
                             tracker.log(row, step)
-                    out_of_time = max_seconds is not None and _any_rank(
-                        elapsed + time.perf_counter() - t0 >= max_seconds)
+                    out_of_time = budget is not None and spent >= max_seconds
                     if out_of_time or done:
                         break
                     if (run_dir and checkpoint and checkpoint_steps and step % checkpoint_steps == 0
@@ -321,54 +335,45 @@ def _backward(model: nn.Module, step_fn: Callable, batch: dict[str, torch.Tensor
     return out, total
 
 
-PLAN_STEPS = 10  # steps timed (after the first) before a ``max_seconds`` budget plans the schedule
-
-
-def _plan(total: int, step: int, seconds_per_step: float, seconds_left: float) -> int:
-    """The last step of a budget: where ``seconds_per_step`` (the slowest rank's) reaches it,
-    at most ``total`` (the epochs' plan) and at least this ``step``."""
-    if is_distributed():
-        t = torch.tensor([seconds_per_step], dtype=torch.float64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        seconds_per_step = float(t.item())
-    return max(step, min(total, step + int(seconds_left / max(seconds_per_step, 1e-9))))
-
-
 def _any_rank(flag: bool) -> bool:
     """True on every rank when it is True on one (all ranks stop at the same step)."""
-    if not is_distributed():
-        return flag
-    t = torch.tensor([float(flag)])
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return rank_max(float(flag)) > 0
 
 
-def _seed_per_rank() -> None:
-    """Different augmentation streams per rank, from the (identical) stream every rank has now."""
+def _seed_per_rank(model: nn.Module) -> None:
+    """Different augmentation and corruption streams per rank, from the (identical) stream every rank
+    has now: torch, NumPy, ``random`` and the methods' own generators (masks, crops, corruptions)."""
     base = int(torch.randint(0, 2**31 - 1, (1,)).item())
     torch.manual_seed(base + rank())
     np.random.seed((base + rank()) % 2**32)
     random.seed(base + rank())
+    for module in model.modules():
+        if isinstance(getattr(module, "generator", None), torch.Generator):
+            module.generator.manual_seed(int(torch.randint(0, 2**62, (1,))))
 
 
 def _broadcast_tensors(model: nn.Module) -> None:
-    for t in model.state_dict().values():
-        if isinstance(t, torch.Tensor):
-            torch.distributed.broadcast(t, src=0)
+    """Rank 0's parameters and buffers on every rank, in place. Not the rest of the state dict: a
+    method's ``_extra_state`` (its corruption generator's state) is a CPU copy, which NCCL cannot send
+    and a broadcast into would not change."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        torch.distributed.broadcast(t.data, src=0)
 
 
 def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                      state: dict[str, Any]) -> dict[str, Any]:
     """Rank 0's resumed weights, optimizer and loss-scaler state and step on every rank (DDP averages
-    the scaled gradients, so every rank must scale by the same factor)."""
-    mine = [state, optimizer.state_dict(), scaler.state_dict() if scaler is not None else None]
-    box = mine if is_main() else [None, None, None]
+    the scaled gradients, so every rank must scale by the same factor). The optimizer state sent is
+    the checkpoint's, on the CPU (rank 0's live one sits on its GPU, where every rank would unpickle
+    it); ``load_state_dict`` moves it to each rank's parameters."""
+    box = [state, scaler.state_dict() if scaler is not None else None] if is_main() else [None, None]
     torch.distributed.broadcast_object_list(box, src=0)
     _broadcast_tensors(model)
     if not is_main():
-        optimizer.load_state_dict(box[1])
-        if scaler is not None and box[2]:
-            scaler.load_state_dict(box[2])
+        if "optimizer" in box[0]:  # a checkpoint was resumed (else the optimizer is fresh everywhere)
+            optimizer.load_state_dict(box[0]["optimizer"])
+        if scaler is not None and box[1]:
+            scaler.load_state_dict(box[1])
     return box[0]
 
 
@@ -409,7 +414,7 @@ def rng_state() -> dict[str, Any]:
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
              "python": [version, torch.tensor(internal, dtype=torch.int64), gauss]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [torch.cuda.get_rng_state()]  # this process's GPU: a resume may see fewer GPUs
     return state
 
 
@@ -419,8 +424,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal.tolist()), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # older checkpoints hold one state per visible GPU
+        saved = state["cuda"]
+        torch.cuda.set_rng_state(saved[min(torch.cuda.current_device(), len(saved) - 1)])
 
 
 def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -58,7 +58,7 @@ def random_patches(x: torch.Tensor, y: torch.Tensor,
 def random_flips(x: torch.Tensor, y: torch.Tensor, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror each sample along each spatial axis with probability ``p`` (image and mask alike)."""
     for d in range(2, x.dim()):
-        flip = torch.rand(x.shape[0]) < p
+        flip = torch.rand(x.shape[0], device=x.device) < p
         x = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(d), x)
         y = torch.where(flip.view(-1, *[1] * (y.dim() - 1)), y.flip(d - 1), y)
     return x, y

@@ -17,7 +17,8 @@ def new_generator() -> torch.Generator:
 
 class GeneratorState:
     """Mixin: keep ``self.generator``'s state in the module's state dict (``_extra_state``), so a
-    resumed run draws the same corruptions as an uninterrupted one."""
+    resumed run draws the same corruptions as an uninterrupted one (in one process: under torchrun
+    each rank re-draws its generator from the restored streams)."""
 
     generator: torch.Generator
 

@@ -91,7 +91,7 @@ class DINO(nn.Module):
         temp = self.teacher_temp()
         loss = dino_loss(list(student), list(teacher), self.center, self.cfg.student_temp, temp)
         self.center.copy_(update_center(self.center, list(teacher), self.cfg.center_momentum, gather=True))
-        return {"loss": loss, "teacher_temp": torch.tensor(temp)}
+        return {"loss": loss, "teacher_temp": torch.tensor(temp, device=loss.device)}
 
     def after_step(self, step: int, total: int) -> None:
         self.progress.fill_((step + 1) / max(total, 1))

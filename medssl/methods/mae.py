@@ -53,6 +53,8 @@ class MAE(GeneratorState, nn.Module):
         self.decoder = nn.ModuleList(
             TransformerBlock(width, 4 * width, cfg.decoder_heads, qkv_bias=True, use_flash_attention=True)
             for _ in range(cfg.decoder_depth))
+        for block in self.decoder:  # MONAI builds it even without cross-attention: frozen, as DDP needs
+            block.norm_cross_attn.requires_grad_(False)  # every trainable parameter used (same state dict)
         self.decoder_norm = nn.LayerNorm(width)
         self.decoder_pred = nn.Linear(width, patch ** dims * backbone.in_channels)
         nn.init.trunc_normal_(self.mask_token, std=0.02)

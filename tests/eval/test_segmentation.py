@@ -283,3 +283,13 @@ def test_train_segmentation_keeps_the_best_validation_epoch(monkeypatch, tmp_pat
     assert [d for _, d in out["val_curve"]] == pytest.approx([dice_all, 1.0, 0.0, dice_all])
     assert net.t.item() == 0.5  # the best epoch's weights are loaded back, not the last epoch's
     assert load_weights(tmp_path / "model.safetensors")["t"].item() == 0.5
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_random_flips_draw_on_the_images_device(spatial_dims):
+    """A CPU flip mask beside CUDA images raises on a GPU; the meta device shows the same mismatch on
+    this machine (a mask made on the CPU fails here too)."""
+    shape = (2, *[4] * spatial_dims)
+    fx, fy = random_flips(torch.zeros(2, 1, *shape[1:], device="meta"),
+                          torch.zeros(shape, dtype=torch.long, device="meta"))
+    assert fx.device.type == fy.device.type == "meta" and fx.shape == (2, 1, *shape[1:])

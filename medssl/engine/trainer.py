@@ -238,7 +238,7 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     def save() -> None:
         if run_dir:
             _save_checkpoint(inner, optimizer, scaler, run_dir, step, elapsed + time.perf_counter() - t0,
-                             loss_value, total if budget and budget.planned else None,
+                             loss_value, total if budget is not None and budget.planned else None,
                              stopped)
 
     out_of_time, done = False, False

@@ -18,8 +18,6 @@ from medssl.losses import nt_xent
 from medssl.losses.barlow_twins import barlow_twins_loss
 from medssl.losses.moco import moco_v3_loss
 from medssl.losses.vicreg import vicreg_loss
-from medssl.methods import create_method
-from medssl.registry import create_backbone
 
 sys.path.insert(0, str(Path(__file__).parent / "methods"))
 from joint_fixtures import JOINT_EMBEDDING, tiny_method
@@ -83,11 +81,6 @@ class LinearSquares(nn.Module):
         return {"loss": (self.lin(batch["image"].flatten(1)) - 1).square().mean()}
 
 
-def zoo(method: str, backbone: str, width: float) -> nn.Module:
-    """``method`` with its default arguments on a tiny 2D ``backbone`` of 16-px images."""
-    return create_method(method, create_backbone(backbone, 2, 1, width=width, img_size=16), 2, 16, {})
-
-
 def images(n: int, side: int, dims: int = 2) -> torch.Tensor:
     return torch.randint(0, 256, (n, 1, *[side] * dims), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(5))
@@ -99,8 +92,8 @@ BUILDERS = {
     **{name: (lambda name=name: (tiny_method(name, 2), images(16, 16))) for name in JOINT_EMBEDDING},
     "simclr_3d": lambda: (tiny_method("simclr", 3), images(16, 16, 3)),
     # a method with its own corruption generator (per-rank streams), and one on a ViT (MAE's decoder)
-    "genesis": lambda: (zoo("genesis", "resnet18_small", 0.125), images(16, 16)),
-    "mae": lambda: (zoo("mae", "vit_tiny", 0.25), images(16, 16)),
+    "genesis": lambda: (tiny_method("genesis", 2), images(16, 16)),
+    "mae": lambda: (tiny_method("mae", 2, backbone="vit_tiny"), images(16, 16)),
 }
 PER_RANK = "_extra_state"  # state-dict keys of the methods' generators: each rank draws its own
 

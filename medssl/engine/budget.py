@@ -39,9 +39,7 @@ class BudgetPlan:
         if self.mark is None:  # the first step (after a start or resume) is not timed
             self.mark = (step, now)
             return None
-        if step - self.mark[0] < PLAN_STEPS or (self.planned and not self.due):
-            return None
-        if self.planned and spent < self.due[0]:
+        if step - self.mark[0] < PLAN_STEPS or (self.planned and not (self.due and spent >= self.due[0])):
             return None
         self.planned, self.due = True, [t for t in self.due if t > spent]
         (start, t0), self.mark = self.mark, (step, now)

@@ -21,11 +21,13 @@ TINY_ARGS = {  # the joint-embedding methods; small heads keep the tests fast
 JOINT_EMBEDDING = sorted(TINY_ARGS)
 
 
-def tiny_method(name, spatial_dims=2, backbone=None, **overrides):
+def tiny_method(name, spatial_dims=2, backbone=None, size=SIZE, **overrides):
+    """``name`` on a tiny backbone; the joint-embedding methods with small heads, the others with
+    their defaults (``overrides`` on top)."""
     backbone = backbone or BACKBONES[spatial_dims]
     width = 0.25 if backbone.startswith("vit") else 0.125
-    net = create_backbone(backbone, spatial_dims, 1, width=width, img_size=SIZE)
-    return create_method(name, net, spatial_dims, SIZE, {**TINY_ARGS[name], **overrides})
+    net = create_backbone(backbone, spatial_dims, 1, width=width, img_size=size)
+    return create_method(name, net, spatial_dims, size, {**TINY_ARGS.get(name, {}), **overrides})
 
 
 def tiny_batch(spatial_dims=2, n=8):

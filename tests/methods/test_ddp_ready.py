@@ -4,10 +4,9 @@ the second step otherwise; MAE's decoder once had an unused cross-attention norm
 
 import pytest
 import torch
-from joint_fixtures import TINY_ARGS
+from joint_fixtures import TINY_ARGS, tiny_method
 
-from medssl.methods import METHODS, create_method
-from medssl.registry import create_backbone
+from medssl.methods import METHODS
 
 PATCHED = {"distortion_maskrcnn", "jigsaw", "relative_location", "rubik"}  # need a grid of patches
 CASES = [(name, dims) for name in sorted(METHODS) for dims in (2, 3)
@@ -15,13 +14,10 @@ CASES = [(name, dims) for name in sorted(METHODS) for dims in (2, 3)
 
 
 def build(name: str, dims: int) -> tuple[torch.nn.Module, int]:
-    vit = name == "mae"
     size = 32 if dims == 3 or name in PATCHED else 16
-    net = create_backbone("vit_tiny" if vit else "resnet18_small" if dims == 2 else "resnet10", dims, 1,
-                          width=0.25 if vit else 0.125, img_size=size)
     args = {"weights": {"genesis": 1.0, "simclr": 0.5, "rotation": 0.2},
-            "args": {"simclr": TINY_ARGS["simclr"]}} if name == "combo" else TINY_ARGS.get(name, {})
-    return create_method(name, net, dims, size, args), size
+            "args": {"simclr": TINY_ARGS["simclr"]}} if name == "combo" else {}
+    return tiny_method(name, dims, backbone="vit_tiny" if name == "mae" else None, size=size, **args), size
 
 
 @pytest.mark.parametrize(("name", "dims"), CASES)

@@ -39,7 +39,7 @@ from scipy import stats
 
 from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
-from medssl.stats.intervals import paired_seed_diffs
+from medssl.stats.intervals import crossed_interval, paired_seed_diffs
 from medssl.studies import run_study
 from medssl.studies.pretraining import pretrain_seed as seed_of
 
@@ -165,7 +165,8 @@ def notes(table: list[dict], meta: dict) -> list[str]:
     if any(split_name(r["init"])[1] is not None for r in ssl):
         lines.append("Rows `<init>_pK` are the same pretext pretrained again with `pretrain.seed=K` (same "
                      "splits and labelled subsets): the spread between a pretext's rows is its "
-                     "pretraining-to-pretraining variation.")
+                     "pretraining-to-pretraining variation; the table under a dataset's rows pools a "
+                     "pretext's pretrainings, with an interval over pretraining and fine-tuning seeds.")
     return lines + ([] if meta.get("dice_rule") else [OLD_DICE_RULE])
 
 
@@ -228,6 +229,46 @@ def paired(row: dict, scratch: dict | None) -> str:
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ({n})"
 
 
+def pooled(table: list[dict]) -> list[dict]:
+    """One row per dataset x fraction x pretext with >= 2 pretrainings (``<init>``, ``<init>_pK``):
+    the SSL − scratch differences of every pretraining x fine-tuning seed both arms share, their
+    grand mean and its interval over both (:func:`crossed_interval`: a fine-tuning seed is one
+    labelled subset and one scratch run, shared by every pretraining)."""
+    out = []
+    for dataset, fraction in dict.fromkeys((r["dataset"], r["fraction"]) for r in table):
+        sub = [r for r in table if (r["dataset"], r["fraction"]) == (dataset, fraction)]
+        ref = next((r.get("dice_by_seed", {}) for r in sub if r["init"] == "scratch"), {})
+        for init in dict.fromkeys(split_name(r["init"])[0] for r in sub if r["init"] != "scratch"):
+            arms = [r for r in sub if split_name(r["init"])[0] == init]  # summarise's order: p0, p1, ...
+            seeds = sorted(set(ref).intersection(*(r.get("dice_by_seed", {}) for r in arms)), key=int)
+            if len(arms) < 2 or len(seeds) < 2:
+                continue
+            diffs = [[r["dice_by_seed"][k] - ref[k] for k in seeds] for r in arms]
+            mean, (lo, hi), df = crossed_interval(diffs)
+            out.append({"dataset": dataset, "fraction": fraction, "init": init,
+                        "pretrainings": [r["init"] for r in arms], "seeds": seeds, "diffs": diffs,
+                        "mean": mean, "ci95": [lo, hi], "df": df})
+    return out
+
+
+def pooled_lines(rows: list[dict]) -> list[str]:
+    """The markdown table of :func:`pooled` rows of one dataset (empty without any)."""
+    if not rows:
+        return []
+    lines = ["SSL − scratch over pretrainings: mean of the paired differences of every pretraining x "
+             "fine-tuning seed, 95% interval from a two-way random-effects ANOVA (pretraining and "
+             "fine-tuning seed crossed, Satterthwaite df): covers pretraining seeds and fine-tuning "
+             "seeds (labelled subsets), not the finite test set.", "",
+             "| fraction | pretext | pretrainings | SSL − scratch per pretraining | SSL − scratch [95%] "
+             "(pretrainings x seeds, df) |", "|---|---|---|---|---|"]
+    for r in rows:
+        each = ", ".join(f"{float(np.mean(d)):+.3f}" for d in r["diffs"])
+        lines.append(f"| {r['fraction']:g} | {r['init']} | {', '.join(r['pretrainings'])} | {each} | "
+                     f"{r['mean']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] "
+                     f"({len(r['diffs'])} x {len(r['seeds'])}, {r['df']:.1f}) |")
+    return [*lines, ""]
+
+
 def markdown(table: list[dict], meta: dict) -> str:
     lines = ["# Distortion-localisation pretraining for segmentation (Self-supervised Mask R-CNN and dense)",
              "", f"{meta['date']}, {meta['cpus']} CPU cores, torch {meta['torch']}. One held-out fold "
@@ -258,6 +299,7 @@ def markdown(table: list[dict], meta: dict) -> str:
                          + " | ".join(fmt(r[f"dice_{c}"]) for c in classes)
                          + f" | {gain} | {paired(r, ref)} | {pre} | {r['finetune_seconds']:.0f} |")
         lines.append("")
+        lines += pooled_lines([r for r in pooled(table) if r["dataset"] == dataset])
     return "\n".join(lines)
 
 
@@ -309,7 +351,7 @@ def write(out: Path, meta: dict, table: list[dict], runs: Path, extra: list[str]
     table = [{**r, **provenance(r, runs, extra)} for r in table]
     meta = {**meta, "notes": notes(table, meta)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": table}, indent=2) + "\n")
+    out.write_text(json.dumps({"meta": meta, "rows": table, "pooled": pooled(table)}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(table, meta) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -14,6 +16,8 @@ from torch import nn
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
 from medssl.engine import fit, seed_everything
+from medssl.engine.dist import wait_for_all
+from medssl.errors import MedsslError
 from medssl.losses import nt_xent
 from medssl.losses.barlow_twins import barlow_twins_loss
 from medssl.losses.moco import moco_v3_loss
@@ -30,9 +34,10 @@ LOSSES = {
 }
 
 
-def start(rank: int, world: int, store: Path) -> None:
+def start(rank: int, world: int, store: Path, timeout: timedelta | None = None) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timeout)
 
 
 def pair(n: int = 8) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
@@ -68,6 +73,20 @@ class LinearContrast(nn.Module):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"].flatten(1)
         return {"loss": nt_xent(self.lin(x), self.lin(batch["image"].flip(-1).flatten(1)), 0.5, gather=True)}
+
+
+class NaNOnRankOne(LinearContrast):
+    """LinearContrast whose loss turns NaN on rank 1 alone from its second step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out, self.calls = super().training_step(batch), self.calls + 1
+        if dist.get_rank() == 1 and self.calls >= 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
 
 
 class LinearSquares(nn.Module):
@@ -144,4 +163,33 @@ def resume(rank: int, world: int, store: Path, out: Path) -> None:
             model, x = BUILDERS["linear"]()
             fit(model, TensorBatches(x, None, 8, seed=3), spec, out / name, log_every=1, **kw)
         torch.save(model.state_dict(), out / f"{name}_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def failures(rank: int, world: int, store: Path, out: Path) -> None:
+    """Errors found on one rank only (a NaN loss on rank 1, a checkpoint of another model read by
+    rank 0) must stop every rank at once: each rank writes the error it got. A 60 s group timeout
+    turns a wait into a (failing) error instead of a hang."""
+    start(rank, world, store, timedelta(seconds=60))
+    spec = PretrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0)
+    errors = []
+    for name, model, kwargs in (("nan", NaNOnRankOne(), {}), ("linear", LinearContrast(), {}),
+                                ("linear", LinearSquares(), {"resume": True})):
+        try:
+            fit(model, TensorBatches(images(24, 8), None, 8, seed=3), spec, out / name, **kwargs)
+        except MedsslError as err:
+            errors.append(str(err))
+    (out / f"errors{rank}.json").write_text(json.dumps(errors))
+    dist.destroy_process_group()
+
+
+def waits(rank: int, world: int, store: Path, out: Path) -> None:
+    """Rank 1 works longer than the group's 2 s timeout while rank 0 waits in ``wait_for_all``
+    (twice: the wait group is made once per process group)."""
+    start(rank, world, store, timedelta(seconds=2))
+    for i in range(2):
+        if rank == 1:
+            time.sleep(4)
+        wait_for_all()
+        (out / f"waited{rank}_{i}").touch()
     dist.destroy_process_group()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from dist_workers import BUILDERS, LOSSES, PER_RANK, losses, pair, resume, run, train
+from dist_workers import BUILDERS, LOSSES, PER_RANK, failures, losses, pair, resume, run, train, waits
 
 from medssl.data.loaders import TensorBatches
 from medssl.errors import MedsslError
@@ -72,6 +72,28 @@ def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_ends(tmp_path
         cut = torch.load(tmp_path / f"cut_{r}.pt", weights_only=True)
         for k in full:
             torch.testing.assert_close(cut[k], full[k], rtol=1e-5, atol=1e-6, msg=f"{k} rank {r}")
+
+
+def test_an_error_on_one_rank_stops_every_rank(tmp_path):
+    """A NaN loss on rank 1 only and a mismatched checkpoint read by rank 0 only raise on both ranks
+    at the same step, each saying where the fault was (before, the other rank waited for its peer
+    in DDP's all-reduce or the resume broadcast until the group's timeout)."""
+    mp.spawn(failures, args=(WORLD, tmp_path / "store", tmp_path), nprocs=WORLD)
+    errors = [json.loads((tmp_path / f"errors{r}.json").read_text()) for r in range(WORLD)]
+    assert errors[0][0] == ("train: step 1 (epoch 0): non-finite loss on another rank; lower the learning "
+                            "rate or use engine.precision=fp32")
+    assert errors[1][0] == errors[0][0].replace("another rank", "this rank")
+    for err in errors:
+        assert len(err) == 2 and err[1].startswith(f"{tmp_path / 'linear' / 'checkpoint.safetensors'}: "
+                                                   "checkpoint does not match this model")
+
+
+def test_ranks_wait_for_each_other_beyond_the_group_timeout(tmp_path):
+    """A study's ranks wait for each other's cells (minutes to hours) in ``wait_for_all``, not in a
+    barrier bound by the group's timeout (2 s here: rank 1 works 4 s)."""
+    mp.spawn(waits, args=(WORLD, tmp_path / "store", tmp_path), nprocs=WORLD)
+    waited = sorted(p.name for p in tmp_path.glob("waited*"))
+    assert waited == ["waited0_0", "waited0_1", "waited1_0", "waited1_1"]
 
 
 def test_gradient_accumulation_takes_the_same_step(tmp_path):

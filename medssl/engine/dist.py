@@ -27,8 +27,8 @@ from medssl.errors import MedsslError
 from medssl.losses.distributed import is_distributed, local_only, rank, world_size
 
 __all__ = ["barrier", "collective_device", "init_from_env", "is_distributed", "is_main", "local_only",
-           "local_rank", "on_main", "rank", "rank_max", "shutdown", "sync_batchnorm", "world_size",
-           "wrap_ddp"]
+           "local_rank", "on_main", "rank", "rank_max", "shutdown", "sync_batchnorm", "wait_for_all",
+           "world_size", "wrap_ddp"]
 
 T = TypeVar("T")
 
@@ -75,6 +75,22 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+WAIT_TIMEOUT = timedelta(days=7)  # wait_for_all: a longest cell, not a hang
+_waits: dict[str, Any] = {}  # wait_for_all's gloo group, made on its first call in a process group
+
+
+def wait_for_all() -> None:
+    """A barrier for ranks that wait on other ranks' work of unknown length (a study's cells, dealt
+    round-robin): on a gloo group of its own with :data:`WAIT_TIMEOUT`, since the main group's
+    timeout (30 min) is sized to find a hung collective inside a training step, and a rank that
+    finishes its cells early would hit it while a long 100%-label cell runs elsewhere."""
+    if not is_distributed():
+        return
+    if _waits.get("world") is not dist.group.WORLD:  # every rank makes it together (new_group is collective)
+        _waits.update(world=dist.group.WORLD, group=dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT))
+    dist.barrier(group=_waits["group"])
 
 
 def rank_max(value: float) -> float:

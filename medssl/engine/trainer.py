@@ -36,6 +36,7 @@ from medssl.engine.dist import (
     barrier,
     is_distributed,
     is_main,
+    on_main,
     rank,
     rank_max,
     sync_batchnorm,
@@ -217,9 +218,11 @@ def fit(model: nn.Module, data: Batches, spec: OptimSpec, run_dir: Path | None, 
     run_dir = run_dir if main else None  # rank 0 writes; the others train
     optimizer = make_optimizer(model, spec)
     scaler = grad_scaler(device, precision)
-    state = _resume(inner, optimizer, scaler, run_dir) if resume else {"step": 0, "elapsed": 0.0}
-    if is_distributed() and resume:  # rank 0 read the checkpoint: every rank takes it
-        state = _broadcast_state(inner, optimizer, scaler, state)
+    state = {"step": 0, "elapsed": 0.0}
+    if resume:  # rank 0 reads the checkpoint (its error is raised on every rank); every rank takes it
+        state = on_main(lambda: _resume(inner, optimizer, scaler, run_dir))
+        if is_distributed():
+            _share_resumed(inner, optimizer, scaler, state)
     if is_distributed():
         _seed_per_rank(inner)
     step, elapsed = state["step"], state["elapsed"]
@@ -327,8 +330,10 @@ def _backward(model: nn.Module, step_fn: Callable, batch: dict[str, torch.Tensor
             with autocast(device, precision):
                 out = step_fn(part)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise MedsslError(f"{where}: non-finite loss; lower the learning rate or use "
+            bad = not torch.isfinite(loss)
+            if _any_rank(bad):  # decided together: a rank raising alone leaves the others in DDP's all-reduce
+                whose = "" if not is_distributed() else " on this rank" if bad else " on another rank"
+                raise MedsslError(f"{where}: non-finite loss{whose}; lower the learning rate or use "
                                   "engine.precision=fp32")
             (scaler.scale(loss / parts) if scaler is not None else loss / parts).backward()
         total += loss.item() / parts
@@ -360,21 +365,18 @@ def _broadcast_tensors(model: nn.Module) -> None:
         torch.distributed.broadcast(t.data, src=0)
 
 
-def _broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                     state: dict[str, Any]) -> dict[str, Any]:
-    """Rank 0's resumed weights, optimizer and loss-scaler state and step on every rank (DDP averages
-    the scaled gradients, so every rank must scale by the same factor). The optimizer state sent is
-    the checkpoint's, on the CPU (rank 0's live one sits on its GPU, where every rank would unpickle
-    it); ``load_state_dict`` moves it to each rank's parameters."""
-    box = [state, scaler.state_dict() if scaler is not None else None] if is_main() else [None, None]
-    torch.distributed.broadcast_object_list(box, src=0)
+def _share_resumed(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   state: dict[str, Any]) -> None:
+    """Rank 0's resumed weights on every rank, and the checkpoint's optimizer and loss-scaler state
+    (``state``, rank 0's, already sent to every rank) in every other rank's optimizer and scaler (DDP
+    averages the scaled gradients, so every rank must scale by the same factor). The optimizer state
+    is the checkpoint's, on the CPU (rank 0's live one sits on its GPU, where every rank would
+    unpickle it); ``load_state_dict`` moves it to each rank's parameters."""
     _broadcast_tensors(model)
-    if not is_main():
-        if "optimizer" in box[0]:  # a checkpoint was resumed (else the optimizer is fresh everywhere)
-            optimizer.load_state_dict(box[0]["optimizer"])
-        if scaler is not None and box[1]:
-            scaler.load_state_dict(box[1])
-    return box[0]
+    if not is_main() and "optimizer" in state:  # a checkpoint was resumed (else all are fresh)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
 
 
 def gradient_norm(model: nn.Module) -> float:

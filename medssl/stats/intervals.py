@@ -103,6 +103,48 @@ def welch_interval(a, b, level: float = 0.95) -> tuple[float, float, float]:
     return float(a.mean() - b.mean()), float(ci.low), float(ci.high)
 
 
+def crossed_interval(table, level: float = 0.95) -> tuple[float, tuple[float, float], float]:
+    """Grand mean of a [P, K] table crossed by two random factors and its interval, e.g. SSL − scratch
+    differences for P pretrainings x K fine-tuning seeds, where fine-tuning seed k (its labelled
+    subset, its scratch run) is the same for every pretraining.
+
+    Two-way random-effects ANOVA without replication, y_pk = mu + a_p + b_k + e_pk (Searle, Casella &
+    McCulloch, "Variance Components", 1992, ch. 4): Var(mean) = s2_a/P + s2_b/K + s2_e/(PK), with the
+    components from the mean squares (negative estimates set to 0) and Welch-Satterthwaite degrees of
+    freedom for the sum. A t-interval of the P pretraining means would miss s2_b (the shared scratch
+    runs and subsets cancel between pretrainings); one of the K seed means would miss s2_a. Written
+    here because scipy has no variance-components interval and statsmodels' MixedLM is not a
+    dependency (and fits crossed effects only through a workaround).
+
+    Args:
+        table: [P, K] values, P, K >= 2, no missing cell.
+
+    Returns:
+        (grand mean, interval, degrees of freedom).
+    """
+    _check_level(level)
+    y = np.asarray(table, np.float64)
+    if y.ndim != 2 or min(y.shape) < 2:
+        raise MedsslError(f"a crossed interval needs a [P >= 2, K >= 2] table, got shape {y.shape}")
+    _values(y)
+    p, k = y.shape
+    mean = y.mean()
+    rows, cols = y.mean(1), y.mean(0)
+    ms_rows = k * ((rows - mean) ** 2).sum() / (p - 1)
+    ms_cols = p * ((cols - mean) ** 2).sum() / (k - 1)
+    resid = y - rows[:, None] - cols[None, :] + mean
+    ms_resid = (resid**2).sum() / ((p - 1) * (k - 1))
+    # (coefficient, mean square, df) of p*k*Var(mean) = max(MSr, MSe) + max(MSc, MSe) - MSe
+    terms = [(1.0, ms, df) for ms, df in ((ms_rows, p - 1), (ms_cols, k - 1)) if ms > ms_resid]
+    terms += [(1.0 - len(terms), ms_resid, (p - 1) * (k - 1))] if len(terms) != 1 else []
+    total = sum(c * ms for c, ms, _ in terms)
+    if total <= 0:  # every value identical
+        return float(mean), (float(mean), float(mean)), float("inf")
+    df = total**2 / sum((c * ms) ** 2 / d for c, ms, d in terms)
+    half = stats.t.ppf((1 + level) / 2, df) * np.sqrt(total / (p * k))
+    return float(mean), (float(mean - half), float(mean + half)), float(df)
+
+
 def auc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray | float:
     """ROC AUC as the Mann-Whitney statistic with midranks (a tie counts 1/2), over the last axis.
 

@@ -25,7 +25,7 @@ from medssl.config import StudyConfig
 from medssl.data.types import PretrainData
 from medssl.engine import precision_name
 from medssl.engine.checkpoint import load_weights
-from medssl.engine.dist import barrier, is_main, local_only, on_main, rank, world_size
+from medssl.engine.dist import is_main, local_only, on_main, rank, wait_for_all, world_size
 from medssl.errors import MedsslError
 from medssl.methods import method_config
 from medssl.studies.pretraining import check_selection, pretrain, runtime
@@ -132,9 +132,9 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
             compute = partial(task.run_cell, cfg, data, split, cell, weights, cell_dir)
             rows = run_cell(cell_dir, stamped(cfg, compute))
         console.log(task.describe(cell, rows))
-    barrier()
+    wait_for_all()  # every rank's cells: of unknown length, hence not a plain (timed) barrier
     if not is_main():
-        barrier()  # rank 0 writes the results and the report
+        wait_for_all()  # rank 0 writes the results and the report
         return final
     for cell, _ in cells:  # every cell has its rows.json now (output_dir is shared by all ranks)
         for row in finished_rows(work / task.cell_dir(cell)):
@@ -143,7 +143,7 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
     append_row(results, {"protocol": "study", **info, "seconds": time.perf_counter() - t0,
                          "resumed": reopened})
     final = finish_run(work, final)
-    barrier()
+    wait_for_all()
     return final
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medssl.stats.intervals import welch_interval
+from medssl.stats.intervals import crossed_interval, welch_interval
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -173,8 +173,19 @@ def test_distortion_pretraining_seeds_are_their_own_rows_with_a_paired_column(tm
         assert cells[6] == f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}] (3)"
     assert _table_row(md, "0.1 | 17 (17) | scratch")[6] == ""
     assert module.paired({"dice_by_seed": {"0": .7, "1": .6}}, {"dice_by_seed": {"0": .6, "2": .5}}) == ""
-    order = [line.split(" | ")[2] for line in md.splitlines() if line.startswith("| 0.1 |")]
+    order = [line.split(" | ")[2] for line in md.splitlines() if line.startswith("| 0.1 | 17")]
     assert order == ["scratch", "genesis", "genesis_p1", "genesis_p10"]
+    # the pooled line: 3 pretrainings x the 3 seeds scratch has, interval over both
+    diffs = [[arm[s] - scratch[s] for s in (0, 1, 2)] for arm in (genesis, again, again)]
+    mean, (lo, hi), df = crossed_interval(diffs)
+    assert mean == pytest.approx((.04 + .06 + .04 + 2 * (-.02 + .02 + .01)) / 9)
+    assert _table_row(md, "0.1 | genesis")[2:] == [
+        "genesis, genesis_p1, genesis_p10", "+0.047, +0.003, +0.003",
+        f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] (3 x 3, {df:.1f})"]
+    pooled = json.loads((tmp_path / "d.json").read_text())["pooled"]
+    assert [(p["init"], p["seeds"], p["mean"]) for p in pooled] == [("genesis", ["0", "1", "2"],
+                                                                      pytest.approx(mean))]
+    assert module.pooled([r for r in saved if r["init"] in ("scratch", "genesis")]) == []  # one pretraining
 
 
 def test_distortion_refuses_a_pretrain_seed_that_is_the_entries_own(monkeypatch, capsys, tmp_path):

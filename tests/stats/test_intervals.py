@@ -18,6 +18,7 @@ from medssl.stats.intervals import (
     auc,
     bootstrap_ci,
     bootstrap_replicates,
+    crossed_interval,
     delong,
     mean_std,
     paired_bootstrap,
@@ -105,6 +106,44 @@ def test_welch_interval_is_the_welch_satterthwaite_formula():
     assert welch_interval(b, a)[1:] == pytest.approx((-hi, -lo), rel=1e-10)
     with pytest.raises(MedsslError, match="needs >= 2 values per arm, got 1 and 6"):
         welch_interval([0.8], b)
+
+
+def test_crossed_interval_hand_values_and_its_three_cases():
+    """Two-way random-effects ANOVA by hand on [[0, 2, 4], [2, 4, 12]]: grand mean 4, row means 2, 6,
+    column means 1, 3, 8; MS_rows = 3 * (4 + 4) / 1 = 24, MS_cols = 2 * (9 + 1 + 16) / 2 = 26,
+    residuals +-1, +-1, -+2 -> MS_resid = 12 / 2 = 6; Var(mean) = (24 + 26 - 6) / 6,
+    Satterthwaite df = 44^2 / (24^2 / 1 + 26^2 / 2 + 6^2 / 2) = 1936 / 932."""
+    mean, (lo, hi), df = crossed_interval([[0, 2, 4], [2, 4, 12]])
+    half = student_t.ppf(0.975, 1936 / 932) * math.sqrt(44 / 6)
+    assert (mean, df) == pytest.approx((4.0, 1936 / 932), rel=1e-12)
+    assert (lo, hi) == pytest.approx((4 - half, 4 + half), rel=1e-10)
+    # pretrainings that agree exactly: the t-interval over the fine-tuning seeds' means
+    mean, ci, df = crossed_interval([[0, 0, 6], [0, 0, 6]])
+    assert (mean, df) == (2.0, pytest.approx(2.0))
+    assert ci == pytest.approx(t_interval([0, 0, 6]), rel=1e-10)
+    # seeds that agree exactly (a pure row effect): the t-interval over the pretrainings' means
+    assert crossed_interval([[1, 1, 1], [3, 3, 3], [8, 8, 8]])[1] == pytest.approx(t_interval([1, 3, 8]))
+    # residual noise only: MS_resid with its (P - 1)(K - 1) df
+    y = np.array([[1.0, -1.0], [-1.0, 1.0]])  # row and column means all 0
+    assert crossed_interval(y) == (0.0, pytest.approx((-student_t.ppf(0.975, 1), student_t.ppf(0.975, 1))),
+                                   pytest.approx(1.0))
+    assert crossed_interval([[0.5, 0.5], [0.5, 0.5]]) == (0.5, (0.5, 0.5), math.inf)
+    with pytest.raises(MedsslError, match=r"needs a \[P >= 2, K >= 2\] table, got shape \(1, 3\)"):
+        crossed_interval([[0.1, 0.2, 0.3]])
+
+
+@pytest.mark.parametrize("sd_rows, sd_cols", [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0)])
+def test_crossed_interval_covers_the_grand_mean_under_both_random_factors(sd_rows, sd_cols):
+    """2 pretrainings x 3 fine-tuning seeds drawn from the model: >= 95% coverage (the truncated
+    components make it a little conservative). An interval over the pretraining means alone misses
+    the seeds' variance (the (0, 1) case covers ~85%)."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(1000):
+        y = rng.normal(0, sd_rows, (2, 1)) + rng.normal(0, sd_cols, (1, 3)) + rng.normal(0, 0.5, (2, 3))
+        lo, hi = crossed_interval(y)[1]
+        hits += lo <= 0 <= hi
+    assert 0.945 <= hits / 1000 <= 0.995
 
 
 # ---- DeLong ------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ knee MRI at low label fractions), the SSL − scratch difference with a 95% t-in
 fine-tuning seed (both arms fine-tune on the same labelled cases) and wall times. ``--pretrain-seed K``
 runs the SSL entries again with ``pretrain.seed=K`` (same splits and labelled subsets) into
 ``<dataset>_<init>_pK``: each pretraining is its own row, so the rows of one pretext show
-pretraining-to-pretraining variation.
+pretraining-to-pretraining variation, and a table under each dataset pools a pretext's pretrainings
+(mean over pretrainings x fine-tuning seeds, interval over both: ``crossed_interval``).
 """
 
 from __future__ import annotations

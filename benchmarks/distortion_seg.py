@@ -248,7 +248,7 @@ def pooled(table: list[dict]) -> list[dict]:
             mean, (lo, hi), df = crossed_interval(diffs)
             out.append({"dataset": dataset, "fraction": fraction, "init": init,
                         "pretrainings": [r["init"] for r in arms], "seeds": seeds, "diffs": diffs,
-                        "mean": mean, "ci95": [lo, hi], "df": df})
+                        "mean": mean, "ci95": [lo, hi], "df": df if math.isfinite(df) else None})
     return out
 
 
@@ -266,7 +266,7 @@ def pooled_lines(rows: list[dict]) -> list[str]:
         each = ", ".join(f"{float(np.mean(d)):+.3f}" for d in r["diffs"])
         lines.append(f"| {r['fraction']:g} | {r['init']} | {', '.join(r['pretrainings'])} | {each} | "
                      f"{r['mean']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] "
-                     f"({len(r['diffs'])} x {len(r['seeds'])}, {r['df']:.1f}) |")
+                     f"({len(r['diffs'])} x {len(r['seeds'])}, {r['df'] or math.inf:.1f}) |")
     return [*lines, ""]
 
 

@@ -184,12 +184,19 @@ def failures(rank: int, world: int, store: Path, out: Path) -> None:
 
 
 def waits(rank: int, world: int, store: Path, out: Path) -> None:
-    """Rank 1 works longer than the group's 2 s timeout while rank 0 waits in ``wait_for_all``
-    (twice: the wait group is made once per process group)."""
-    start(rank, world, store, timedelta(seconds=2))
-    for i in range(2):
+    """Rank 1 works longer than the group's 2 s timeout while rank 0 waits in ``wait_for_all``:
+    twice in one process group, once in a second one; counts the groups ``wait_for_all`` makes."""
+    made, new_group = [], dist.new_group
+    dist.new_group = lambda *args, **kwargs: made.append(kwargs) or new_group(*args, **kwargs)
+    for i, fresh in enumerate((True, False, True)):  # a new process group, or the one before
+        if fresh:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            start(rank, world, store.with_suffix(f".{i}"), timedelta(seconds=2))
         if rank == 1:
             time.sleep(4)
         wait_for_all()
         (out / f"waited{rank}_{i}").touch()
     dist.destroy_process_group()
+    dist.new_group = new_group
+    (out / f"groups{rank}.json").write_text(json.dumps([k["backend"] for k in made]))

@@ -90,10 +90,13 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path):
 
 def test_ranks_wait_for_each_other_beyond_the_group_timeout(tmp_path):
     """A study's ranks wait for each other's cells (minutes to hours) in ``wait_for_all``, not in a
-    barrier bound by the group's timeout (2 s here: rank 1 works 4 s)."""
+    barrier bound by the group's timeout (2 s here: rank 1 works 4 s); its gloo group is made once
+    per process group."""
     mp.spawn(waits, args=(WORLD, tmp_path / "store", tmp_path), nprocs=WORLD)
     waited = sorted(p.name for p in tmp_path.glob("waited*"))
-    assert waited == ["waited0_0", "waited0_1", "waited1_0", "waited1_1"]
+    assert waited == [f"waited{r}_{i}" for r in range(WORLD) for i in range(3)]
+    for r in range(WORLD):  # one wait group per process group
+        assert json.loads((tmp_path / f"groups{r}.json").read_text()) == ["gloo", "gloo"]
 
 
 def test_gradient_accumulation_takes_the_same_step(tmp_path):

@@ -111,6 +111,7 @@ def run_grid(cfg: StudyConfig, task: Task, overwrite: bool = False, resume: bool
     """Run the whole study for ``task``; return the finished run directory. ``resume`` continues a
     killed one: finished cells are kept, the killed cell is redone, a killed pretraining continues."""
     data = check_grid(cfg, task)
+    wait_for_all()  # ranks in step: its group is made here, not at the first long wait
     work, final = on_main(lambda: start_run(cfg, overwrite, resume))
     reopened = resume and any(p.name != "config.yaml" for p in work.iterdir())  # earlier parts exist
     t0 = time.perf_counter()

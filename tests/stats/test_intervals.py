@@ -123,6 +123,12 @@ def test_crossed_interval_hand_values_and_its_three_cases():
     assert ci == pytest.approx(t_interval([0, 0, 6]), rel=1e-10)
     # seeds that agree exactly (a pure row effect): the t-interval over the pretrainings' means
     assert crossed_interval([[1, 1, 1], [3, 3, 3], [8, 8, 8]])[1] == pytest.approx(t_interval([1, 3, 8]))
+    # one component truncated with residual noise: [[0, 2, 10], [2, 0, 10]] has row means 4, 4
+    # (MS_rows 0 < MS_resid = (1 + 1 + 1 + 1) / 2 = 2, so s2_rows = 0) and MS_cols = 2 * (9 + 9 + 36) / 2
+    # = 54: Var(mean) = 54 / 6 with 2 df (untruncated: (0 + 54 - 2) / 6 with 52^2 / (54^2 / 2 + 2^2 / 2) df)
+    mean, ci, df = crossed_interval([[0, 2, 10], [2, 0, 10]])
+    assert (mean, df) == (pytest.approx(4.0), pytest.approx(2.0))
+    assert ci == pytest.approx((4 - student_t.ppf(0.975, 2) * 3, 4 + student_t.ppf(0.975, 2) * 3), rel=1e-10)
     # residual noise only: MS_resid with its (P - 1)(K - 1) df
     y = np.array([[1.0, -1.0], [-1.0, 1.0]])  # row and column means all 0
     assert crossed_interval(y) == (0.0, pytest.approx((-student_t.ppf(0.975, 1), student_t.ppf(0.975, 1))),

@@ -15,7 +15,7 @@ from torch import nn
 
 from medssl.config import PretrainConfig
 from medssl.data.loaders import TensorBatches
-from medssl.engine import fit, seed_everything
+from medssl.engine import fit, seed_everything, trainer
 from medssl.engine.dist import wait_for_all
 from medssl.errors import MedsslError
 from medssl.losses import nt_xent
@@ -87,6 +87,54 @@ class NaNOnRankOne(LinearContrast):
         if dist.get_rank() == 1 and self.calls >= 2:
             out["loss"] = out["loss"] * float("nan")
         return out
+
+
+class Clock:
+    """A fake ``time.perf_counter`` that moves only when a training step runs: ``per_step(i)``
+    seconds for the i-th step (a rank of known, changing speed)."""
+
+    def __init__(self, per_step) -> None:
+        self.now, self.steps, self.per_step = 0.0, 0, per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def tick(self) -> None:
+        self.now, self.steps = self.now + self.per_step(self.steps), self.steps + 1
+
+
+def slow_then_faster(i: int) -> float:
+    """0.3 s a step, 0.2 s from step 30 on: the budget's re-plans must see the change."""
+    return 0.3 if i < 30 else 0.2
+
+
+class Timed(LinearContrast):
+    """LinearContrast whose steps advance ``clock``."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.clock.tick()
+        return super().training_step(batch)
+
+
+def timed_fit(clock: Clock, out: Path) -> None:
+    """A 60 s budget on ``clock`` (patched into the trainer by the caller), logging every step."""
+    seed_everything(0)
+    spec = PretrainConfig(epochs=1000, batch_size=8, lr=1e-2, warmup_epochs=0)
+    fit(Timed(clock), TensorBatches(images(24, 8), None, 8, seed=3), spec, out, log_every=1, max_seconds=60)
+
+
+def budgets(rank: int, world: int, store: Path, out: Path) -> None:
+    """Rank 0 steps in 0.1 s, rank 1 as :func:`slow_then_faster`: both must plan from rank 1 (a
+    60 s group timeout: ranks that plan apart fail instead of hanging)."""
+    start(rank, world, store, timedelta(seconds=60))
+    trainer.time = clock = Clock(slow_then_faster if rank == 1 else lambda i: 0.1)
+    timed_fit(clock, out)
+    (out / f"steps{rank}.json").write_text(json.dumps(clock.steps))
+    dist.destroy_process_group()
 
 
 class LinearSquares(nn.Module):

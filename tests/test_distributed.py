@@ -14,9 +14,26 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from dist_workers import BUILDERS, LOSSES, PER_RANK, failures, losses, pair, resume, run, train, waits
+from dist_workers import (
+    BUILDERS,
+    LOSSES,
+    PER_RANK,
+    Clock,
+    budgets,
+    failures,
+    losses,
+    pair,
+    resume,
+    run,
+    slow_then_faster,
+    timed_fit,
+    train,
+    waits,
+)
 
 from medssl.data.loaders import TensorBatches
+from medssl.engine import trainer
+from medssl.engine.budget import plan
 from medssl.errors import MedsslError
 from medssl.losses.distributed import all_reduce_mean, gather, is_distributed, rank, world_size
 from medssl.stats.intervals import delong
@@ -97,6 +114,24 @@ def test_ranks_wait_for_each_other_beyond_the_group_timeout(tmp_path):
     assert waited == [f"waited{r}_{i}" for r in range(WORLD) for i in range(3)]
     for r in range(WORLD):  # one wait group per process group
         assert json.loads((tmp_path / f"groups{r}.json").read_text()) == ["gloo", "gloo"]
+
+
+def test_a_budget_plans_every_rank_from_the_slowest(tmp_path, monkeypatch):
+    """Two ranks of different speed under a 60 s budget (fake clocks) take the steps, and the
+    learning rate at each, of one process at the slow rank's speed: plans and re-plans (10% and 25%
+    of the budget) use the slowest rank's throughput and time, and both ranks stop together."""
+    mp.spawn(budgets, args=(WORLD, tmp_path / "store", tmp_path / "two"), nprocs=WORLD)
+    clock = Clock(slow_then_faster)
+    monkeypatch.setattr(trainer, "time", clock)
+    timed_fit(clock, tmp_path / "one")
+    lines = {d: (tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("one", "two")}
+    one, two = ([(r["step"], r["lr"]) for r in map(json.loads, lines[d])] for d in ("one", "two"))
+    assert two == one  # the same plans from the same (all-reduced, float64) times
+    steps = [json.loads((tmp_path / "two" / f"steps{r}.json").read_text()) for r in range(WORLD)]
+    assert steps == [len(one), len(one)]  # together, where the slow rank's clock passes 60 s
+    assert 250 < len(one) < 320  # (rank 0 alone, at 0.1 s a step, would plan ~600)
+    # the re-plans moved the end: the first plan (after step 11) saw 0.3 s a step, 200 steps
+    assert plan(3000, 11, 0.3, 60 - 11 * 0.3) == 200 < len(one) - 40
 
 
 def test_gradient_accumulation_takes_the_same_step(tmp_path):

@@ -270,7 +270,7 @@ def pooled_lines(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def markdown(table: list[dict], meta: dict) -> str:
+def markdown(table: list[dict], meta: dict, pools: list[dict]) -> str:
     lines = ["# Distortion-localisation pretraining for segmentation (Self-supervised Mask R-CNN and dense)",
              "", f"{meta['date']}, {meta['cpus']} CPU cores, torch {meta['torch']}. One held-out fold "
              "(fold 0 of 5, per volume/slice group), seeds 0-2 per fraction; every pretext had the same "
@@ -300,7 +300,7 @@ def markdown(table: list[dict], meta: dict) -> str:
                          + " | ".join(fmt(r[f"dice_{c}"]) for c in classes)
                          + f" | {gain} | {paired(r, ref)} | {pre} | {r['finetune_seconds']:.0f} |")
         lines.append("")
-        lines += pooled_lines([r for r in pooled(table) if r["dataset"] == dataset])
+        lines += pooled_lines([r for r in pools if r["dataset"] == dataset])
     return "\n".join(lines)
 
 
@@ -352,8 +352,9 @@ def write(out: Path, meta: dict, table: list[dict], runs: Path, extra: list[str]
     table = [{**r, **provenance(r, runs, extra)} for r in table]
     meta = {**meta, "notes": notes(table, meta)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": table, "pooled": pooled(table)}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(table, meta) + "\n")
+    pools = pooled(table)
+    out.write_text(json.dumps({"meta": meta, "rows": table, "pooled": pools}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(table, meta, pools) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

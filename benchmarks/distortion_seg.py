@@ -40,6 +40,7 @@ from scipy import stats
 
 from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
+from medssl.report.segmentation import curve_lines, selection_lines
 from medssl.stats.intervals import crossed_interval, paired_seed_diffs
 from medssl.studies import run_study
 from medssl.studies.pretraining import pretrain_seed as seed_of
@@ -49,6 +50,8 @@ DENSE_2D = ["pretrain.method=distortion_dense", "segmentation.load_decoder=true"
 INSTANCE = ["segmentation.network=maskrcnn", "finetune.fractions=[0.01]", "finetune.batch_size=8",
             "finetune.min_steps=100", "segmentation.val_checks=1"]  # CPU: ~2 min a run
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
+# what a run's validation curve line needs (medssl.report.segmentation.curve_lines / selection_lines)
+CURVE_KEYS = ("protocol", "fraction", "fold", "seed", "steps", "steps_per_epoch", "best_epoch", "val_curve")
 OLD_DICE_RULE = ("Scored before 6a66d92: a structure predicted in a case whose ground truth lacks it "
                  "was left out of that case's Dice (NaN) instead of scoring 0. Only cases lacking a class "
                  "are affected (e.g. hippocampus_2d slices); there the Dice means are optimistic.")
@@ -210,7 +213,8 @@ def summarise(out: Path) -> list[dict]:
                        "pretrain_seconds": pre.get("seconds"), "pretrain_steps": pre.get("steps"),
                        "finetune_seconds": float(np.mean([r["seconds"] for r in runs])),
                        "dice_values": [r["dice_mean"] for r in runs],
-                       "dice_by_seed": {str(r["seed"]): r["dice_mean"] for r in runs}}
+                       "dice_by_seed": {str(r["seed"]): r["dice_mean"] for r in runs},
+                       "val_curves": [{**{k: r.get(k) for k in CURVE_KEYS}, "init": init} for r in runs]}
                 row["dice"] = ci95(row["dice_values"])
                 for c in classes:
                     row[f"dice_{c}"] = ci95([r[f"dice_{c}"] for r in runs])
@@ -270,6 +274,16 @@ def pooled_lines(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def validation_lines(runs: list[dict]) -> list[str]:
+    """How the kept checkpoints were chosen: per fraction and entry, whether validation Dice was still
+    rising at the end, then every run's validation curve (empty for rows saved before ``val_curves``)."""
+    if not runs:
+        return []
+    return ["Model selection on validation Dice (the checkpoint kept is the best check; test scored once):",
+            "", *selection_lines(runs), "",
+            "Validation Dice at each check (step), per run; * = the kept check:", "", *curve_lines(runs), ""]
+
+
 def markdown(table: list[dict], meta: dict, pools: list[dict]) -> str:
     lines = ["# Distortion-localisation pretraining for segmentation (Self-supervised Mask R-CNN and dense)",
              "", f"{meta['date']}, {meta['cpus']} CPU cores, torch {meta['torch']}. One held-out fold "
@@ -301,6 +315,7 @@ def markdown(table: list[dict], meta: dict, pools: list[dict]) -> str:
                          + f" | {gain} | {paired(r, ref)} | {pre} | {r['finetune_seconds']:.0f} |")
         lines.append("")
         lines += pooled_lines([r for r in pools if r["dataset"] == dataset])
+        lines += validation_lines([c for r in sub for c in r.get("val_curves", [])])
     return "\n".join(lines)
 
 

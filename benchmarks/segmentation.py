@@ -28,7 +28,7 @@ import torch
 
 from medssl.config import load_config, to_dict
 from medssl.report.report import read_results
-from medssl.report.segmentation import paired_dice, selection_lines, summarise_segmentation
+from medssl.report.segmentation import curve_lines, paired_dice, selection_lines, summarise_segmentation
 from medssl.studies import run_study
 
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
@@ -123,19 +123,6 @@ def markdown(result: dict) -> str:
               f"{ref['dice_posterior']} (mean ≈ {ref['dice_mean']}). Different split and a far larger "
               "training budget: a ceiling, not a like-for-like comparison."]
     return "\n".join(lines) + "\n"
-
-
-def curve_lines(runs: list[dict]) -> list[str]:
-    """One line per run with a ``val_curve``: validation Dice at every check, its step, the kept one."""
-    lines = []
-    for r in sorted((r for r in runs if r.get("val_curve")),
-                    key=lambda r: (r["fraction"], r["init"] != "ssl", r["fold"], r["seed"])):
-        # rows from before steps_per_epoch was recorded: the last check ends the run
-        per_epoch = r.get("steps_per_epoch") or r["steps"] / (r["val_curve"][-1][0] + 1)
-        checks = " ".join(f"{d:.3f}{'*' if e == r['best_epoch'] else ''} ({round((e + 1) * per_epoch)})"
-                          for e, d in r["val_curve"])
-        lines.append(f"- {r['fraction']:g} {r['init']} fold {r['fold']} seed {r['seed']}: {checks}")
-    return lines
 
 
 def main() -> None:

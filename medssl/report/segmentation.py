@@ -124,6 +124,19 @@ def selection_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def curve_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per run with a ``val_curve``: validation Dice at every check, its step, the kept one."""
+    lines = []
+    for r in sorted((r for r in runs if r.get("val_curve")),
+                    key=lambda r: (r["fraction"], r["init"] != "ssl", r["fold"], r["seed"])):
+        # rows from before steps_per_epoch was recorded: the last check ends the run
+        per_epoch = r.get("steps_per_epoch") or r["steps"] / (r["val_curve"][-1][0] + 1)
+        checks = " ".join(f"{d:.3f}{'*' if e == r['best_epoch'] else ''} ({round((e + 1) * per_epoch)})"
+                          for e, d in r["val_curve"])
+        lines.append(f"- {r['fraction']:g} {r['init']} fold {r['fold']} seed {r['seed']}: {checks}")
+    return lines
+
+
 def _overlay_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Overlays of the first seed/fold of every (fraction, init), so the same cases line up."""
     seg = [r for r in rows if r.get("protocol") == "segmentation" and r.get("overlays")]

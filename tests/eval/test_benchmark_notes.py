@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medssl.report.segmentation import curve_lines
 from medssl.stats.intervals import crossed_interval, welch_interval
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -46,10 +47,10 @@ def test_segmentation_curve_lines_give_each_check_its_step_and_mark_the_kept_one
     run = {"fraction": 0.1, "init": "ssl", "fold": 0, "seed": 1, "steps": 24, "best_epoch": 3,
            "val_curve": [[1, 0.5], [3, 0.8], [7, 0.75]]}  # 8 epochs of 3 steps
     old = {**run, "seed": 0, "val_curve": None}  # a row from before val_curve: no line
-    assert bench("segmentation").curve_lines([run, old]) == [
+    assert curve_lines([run, old]) == [
         "- 0.1 ssl fold 0 seed 1: 0.500 (6) 0.800* (12) 0.750 (24)"]
     recorded = {**run, "steps": 30, "steps_per_epoch": 2}  # the row's own epoch length wins
-    assert bench("segmentation").curve_lines([recorded]) == [
+    assert curve_lines([recorded]) == [
         "- 0.1 ssl fold 0 seed 1: 0.500 (4) 0.800* (8) 0.750 (16)"]
 
 
@@ -130,13 +131,15 @@ def test_methods_knn_kept_epoch_column_with_selection(tmp_path):
     assert _table_row(md, "random-init")[4] == ""
 
 
-def _seg_entry(run, dice: dict[int, float], fraction: float = 0.1, pretrained: bool = True) -> None:
-    """A finished distortion_seg entry: a pretrain row (SSL only) and one segmentation row per seed."""
+def _seg_entry(run, dice: dict[int, float], fraction: float = 0.1, pretrained: bool = True,
+               curves: dict[int, dict] | None = None) -> None:
+    """A finished distortion_seg entry: a pretrain row (SSL only) and one segmentation row per seed
+    (``curves``: a seed's validation fields, ``val_curve`` etc.)."""
     run.mkdir(parents=True)
     rows = [{"protocol": "pretrain", "seconds": 1800.0, "steps": 300}] if pretrained else []
     rows += [{"protocol": "segmentation", "fraction": fraction, "seed": s, "dice_mean": d, "dice_a": d,
-              "classes": ["a"], "n_labelled": 17, "n_labelled_groups": 17, "seconds": 280.0}
-             for s, d in dice.items()]
+              "classes": ["a"], "n_labelled": 17, "n_labelled_groups": 17, "seconds": 280.0,
+              **(curves or {}).get(s, {})} for s, d in dice.items()]
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -186,6 +189,32 @@ def test_distortion_pretraining_seeds_are_their_own_rows_with_a_paired_column(tm
     assert [(p["init"], p["seeds"], p["mean"]) for p in pooled] == [("genesis", ["0", "1", "2"],
                                                                       pytest.approx(mean))]
     assert module.pooled([r for r in saved if r["init"] in ("scratch", "genesis")]) == []  # one pretraining
+
+
+def test_distortion_validation_curves_are_written_and_survive_a_rebuild(tmp_path):
+    """Each run's validation curve (step of every check, * = kept) and whether it still rose at the
+    end; rebuilt from the JSON alone, the markdown is the same; rows saved before val_curves: none."""
+    module = bench("distortion_seg")
+    run = {"fold": 0, "steps": 800, "steps_per_epoch": 5}  # checks at epochs 31, 79, 159: steps 160, 400, 800
+    scratch = {s: {**run, "best_epoch": 159, "val_curve": [[31, .40], [79, .50], [159, .50 + .02 * (s + 1)]]}
+               for s in (0, 1)}  # +.02 / +.04 at the last check: still rising
+    ssl = {s: {**run, "best_epoch": 79, "val_curve": [[31, .55], [79, .60], [159, .59]]} for s in (0, 1)}
+    _seg_entry(tmp_path / "hippocampus_2d_instance_scratch", {0: .3, 1: .4}, .01, False, scratch)
+    _seg_entry(tmp_path / "hippocampus_2d_instance_distortion_maskrcnn", {0: .5, 1: .5}, .01, False, ssl)
+    meta = {"date": "2026-12-02", "cpus": 2, "torch": "x", "dice_rule": "x"}
+    module.write(tmp_path / "d.json", meta, module.summarise(tmp_path), tmp_path, [])
+    md = (tmp_path / "d.md").read_text()
+    assert "- 0.01 scratch fold 0 seed 1: 0.400 (160) 0.500 (400) 0.540* (800)" in md
+    assert "- 0.01 distortion_maskrcnn fold 0 seed 0: 0.550 (160) 0.600* (400) 0.590 (800)" in md
+    assert ("- fraction 0.01, scratch: 2 of 2 runs kept the last of 3 validation checks; the last check "
+            "added +0.030 validation Dice (mean); still rising") in md
+    assert "- fraction 0.01, distortion_maskrcnn: 0 of 2 runs kept the last" in md
+    saved = json.loads((tmp_path / "d.json").read_text())
+    module.write(tmp_path / "again.json", saved["meta"], saved["rows"], tmp_path, [])
+    assert (tmp_path / "again.md").read_text() == md
+    old = [{k: v for k, v in r.items() if k != "val_curves"} for r in saved["rows"]]
+    module.write(tmp_path / "old.json", saved["meta"], old, tmp_path, [])
+    assert "Validation Dice at each check" not in (tmp_path / "old.md").read_text()
 
 
 def test_distortion_refuses_a_pretrain_seed_that_is_the_entries_own(monkeypatch, capsys, tmp_path):

@@ -265,6 +265,11 @@ def load_pretrained(unet: UNet, encoder: dict[str, torch.Tensor],
     own_encoder = unet.backbone.state_dict()
     bad = sorted(set(own_encoder) ^ set(encoder)) or [
         k for k in own_encoder if own_encoder[k].shape != encoder[k].shape]
+    if bad and all(any(k.endswith("." + own) for k in encoder) for own in own_encoder):
+        # every backbone key under a prefix: the whole pretext checkpoint, given where the encoder goes
+        raise MedsslError("pretrained encoder: the weights hold a whole pretraining checkpoint (the "
+                          "encoder's tensors under a prefix); give pretrain.checkpoint the pretraining's "
+                          "encoder.safetensors (checkpoint.safetensors is for segmentation.network=maskrcnn)")
     if bad:
         raise MedsslError(f"pretrained encoder does not fit backbone: {len(bad)} missing, unexpected or "
                           f"differently shaped tensors (e.g. '{bad[0]}'); same backbone and width?")

@@ -180,6 +180,19 @@ def test_encoder_of_another_width_is_a_clear_error():
         load_pretrained(_unet(), other)
 
 
+def test_a_whole_pretext_checkpoint_given_as_the_encoder_names_the_file_to_pass(tmp_path):
+    """pretrain.checkpoint = a pretraining's checkpoint.safetensors for a U-Net study: the encoder's
+    tensors sit under a prefix; the error says to pass encoder.safetensors (which then loads)."""
+    pretext = nn.Module()
+    pretext.net = _unet(out=1)
+    save_weights(pretext, tmp_path / "checkpoint.safetensors")
+    save_weights(pretext.net.backbone, tmp_path / "encoder.safetensors")
+    with pytest.raises(MedsslError, match=r"whole pretraining checkpoint.*encoder\.safetensors"):
+        load_pretrained(_unet(), load_weights(tmp_path / "checkpoint.safetensors"))
+    report = load_pretrained(_unet(), load_weights(tmp_path / "encoder.safetensors"))
+    assert report["encoder_loaded"] == sorted(pretext.net.backbone.state_dict())
+
+
 SPEC = SimpleNamespace(epochs=1, batch_size=2, optimizer="adamw", lr=1e-2, weight_decay=1e-4,
                        warmup_epochs=0.0)
 

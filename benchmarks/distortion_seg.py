@@ -40,7 +40,7 @@ from scipy import stats
 
 from medssl.config import StudyConfig, load_config
 from medssl.report.report import read_results
-from medssl.report.segmentation import curve_lines, selection_lines
+from medssl.report.segmentation import validation_lines
 from medssl.stats.intervals import crossed_interval, paired_seed_diffs
 from medssl.studies import run_study
 from medssl.studies.pretraining import pretrain_seed as seed_of
@@ -50,7 +50,7 @@ DENSE_2D = ["pretrain.method=distortion_dense", "segmentation.load_decoder=true"
 INSTANCE = ["segmentation.network=maskrcnn", "finetune.fractions=[0.01]", "finetune.batch_size=8",
             "finetune.min_steps=100", "segmentation.val_checks=1"]  # CPU: ~2 min a run
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
-# what a run's validation curve line needs (medssl.report.segmentation.curve_lines / selection_lines)
+# what medssl.report.segmentation.validation_lines needs of a run
 CURVE_KEYS = ("protocol", "fraction", "fold", "seed", "steps", "steps_per_epoch", "best_epoch", "val_curve")
 OLD_DICE_RULE = ("Scored before 6a66d92: a structure predicted in a case whose ground truth lacks it "
                  "was left out of that case's Dice (NaN) instead of scoring 0. Only cases lacking a class "
@@ -274,16 +274,6 @@ def pooled_lines(rows: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def validation_lines(runs: list[dict]) -> list[str]:
-    """How the kept checkpoints were chosen: per fraction and entry, whether validation Dice was still
-    rising at the end, then every run's validation curve (empty for rows saved before ``val_curves``)."""
-    if not runs:
-        return []
-    return ["Model selection on validation Dice (the checkpoint kept is the best check; test scored once):",
-            "", *selection_lines(runs), "",
-            "Validation Dice at each check (step), per run; * = the kept check:", "", *curve_lines(runs), ""]
-
-
 def markdown(table: list[dict], meta: dict, pools: list[dict]) -> str:
     lines = ["# Distortion-localisation pretraining for segmentation (Self-supervised Mask R-CNN and dense)",
              "", f"{meta['date']}, {meta['cpus']} CPU cores, torch {meta['torch']}. One held-out fold "
@@ -315,7 +305,8 @@ def markdown(table: list[dict], meta: dict, pools: list[dict]) -> str:
                          + f" | {gain} | {paired(r, ref)} | {pre} | {r['finetune_seconds']:.0f} |")
         lines.append("")
         lines += pooled_lines([r for r in pools if r["dataset"] == dataset])
-        lines += validation_lines([c for r in sub for c in r.get("val_curves", [])])
+        if validation := validation_lines([c for r in sub for c in r.get("val_curves", [])]):
+            lines += [*validation, ""]
     return "\n".join(lines)
 
 

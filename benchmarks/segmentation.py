@@ -28,7 +28,7 @@ import torch
 
 from medssl.config import load_config, to_dict
 from medssl.report.report import read_results
-from medssl.report.segmentation import curve_lines, paired_dice, selection_lines, summarise_segmentation
+from medssl.report.segmentation import paired_dice, summarise_segmentation, validation_lines
 from medssl.studies import run_study
 
 DICE_RULE = "false positive on a case without the class = Dice 0; neither = left out (6a66d92)"
@@ -114,10 +114,8 @@ def markdown(result: dict) -> str:
             ci = (f" [95% paired t-interval over {pair['pairs']} seed pairs: {pair['ci95'][0]:+.3f}, "
                   f"{pair['ci95'][1]:+.3f}]" if pair and pair["pairs"] > 1 else "")
             lines.append(f"- {frac}: {ssl['dice_mean'][0] - scr['dice_mean'][0]:+.3f}{ci}")
-    if selection := selection_lines(result["runs"]):
-        lines += ["", "Model selection (validation Dice):", "", *selection, "",
-                  "Validation Dice at each check (step), per run; * = the kept check:", "",
-                  *curve_lines(result["runs"])]
+    if validation := validation_lines(result["runs"]):
+        lines += ["", *validation]
     ref = result["reference"]
     lines += ["", f"Reference: {ref['source']}: Dice anterior {ref['dice_anterior']}, posterior "
               f"{ref['dice_posterior']} (mean ≈ {ref['dice_mean']}). Different split and a far larger "

@@ -137,6 +137,16 @@ def curve_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def validation_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """How the kept checkpoints were chosen: :func:`selection_lines`, then every run's
+    :func:`curve_lines` (empty without runs of >= 2 validation checks)."""
+    selection = selection_lines(runs)
+    if not selection:
+        return []
+    return ["Model selection (validation Dice):", "", *selection, "",
+            "Validation Dice at each check (step), per run; * = the kept check:", "", *curve_lines(runs)]
+
+
 def _overlay_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Overlays of the first seed/fold of every (fraction, init), so the same cases line up."""
     seg = [r for r in rows if r.get("protocol") == "segmentation" and r.get("overlays")]
